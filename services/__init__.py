@@ -1,0 +1,1 @@
+"""REMITS stage workers, the KBS HTTP gateway, the audit consumer and the `remits` CLI."""

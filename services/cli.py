@@ -1,0 +1,272 @@
+"""The `remits` command: run the stack, one worker, the demo, the audit tail, provisioning."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from services.runtime import COMPONENTS, Stack
+from shared.config import Settings
+from shared.embedded import EmbeddedInfra, start_embedded
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError("expected HOST:PORT")
+    return host, int(port)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nats", help="NATS URL (default: start an embedded nats-server)")
+    parser.add_argument("--redis", help="Redis URL (default: start an embedded redis-server)")
+    parser.add_argument("--data-dir", help="keys, sample PKI and audit log (default: $REMITS_DATA_DIR or .remits)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="remits", description="REMITS remote-attestation service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole stack (embedded NATS and Redis unless URLs are given)")
+    _common(up)
+    up.add_argument("--http", type=_host_port, default=None, help="gateway HOST:PORT (default 127.0.0.1:8080)")
+    up.add_argument("--kds", help="sample vendor endorsement server URL (default: start a local one)")
+
+    worker = sub.add_parser("worker", help="run one component; several replicas may run at once")
+    worker.add_argument("stage", choices=COMPONENTS)
+    _common(worker)
+    worker.add_argument("--http", type=_host_port, default=None, help="gateway HOST:PORT")
+    worker.add_argument("--kds", help="sample vendor endorsement server URL")
+
+    setup = sub.add_parser("setup", help="create or update the JetStream streams and consumers")
+    setup.add_argument("--nats", help="NATS URL")
+
+    demo = sub.add_parser("demo", help="run a simulated fleet through the HTTP KBS flow")
+    demo.add_argument("--fleet", type=int, default=50)
+    demo.add_argument("--bad", type=int, default=5)
+    demo.add_argument("--tee", default="sample", choices=["sample"])
+    demo.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    demo.add_argument("--concurrency", type=int, default=100)
+
+    audit = sub.add_parser("audit", help="audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    tail = audit_sub.add_parser("tail", help="follow decisions live")
+    tail.add_argument("--nats", help="NATS URL")
+    tail.add_argument("--history", action="store_true", help="start from the first kept decision")
+
+    resource = sub.add_parser("resource", help="provision a secret resource")
+    resource.add_argument("action", choices=["put"])
+    resource.add_argument("path", help="<repository>/<type>/<tag>")
+    resource.add_argument("--file", required=True, help="file holding the secret")
+    resource.add_argument("--redis", help="Redis URL")
+
+    refval = sub.add_parser("refval", help="provision reference values")
+    refval.add_argument("action", choices=["add"])
+    refval.add_argument("tee")
+    refval.add_argument("name", help="e.g. measurement, min_svn, allow_debug")
+    refval.add_argument("values", nargs="+")
+    refval.add_argument("--redis", help="Redis URL")
+    return parser
+
+
+def _settings(args: argparse.Namespace, **extra: object) -> Settings:
+    overrides: dict[str, object] = dict(extra)
+    if getattr(args, "nats", None):
+        overrides["nats_url"] = args.nats
+    if getattr(args, "redis", None):
+        overrides["redis_url"] = args.redis
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = args.data_dir
+    if getattr(args, "http", None):
+        overrides["http_host"], overrides["http_port"] = args.http
+    if getattr(args, "kds", None):
+        overrides["sample_kds_url"] = args.kds
+    return Settings.from_env(**overrides)
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+@contextlib.asynccontextmanager
+async def _infrastructure(args: argparse.Namespace, workdir: Path) -> AsyncIterator[dict[str, str]]:
+    """Embedded NATS/Redis for whatever URL was not given; stopped again on exit."""
+    urls: dict[str, str] = {}
+    infra: EmbeddedInfra | None = None
+    if not getattr(args, "nats", None) or not getattr(args, "redis", None):
+        infra = await asyncio.to_thread(start_embedded, workdir / "infra")
+        if not getattr(args, "nats", None):
+            urls["nats_url"] = infra.nats_url
+        if not getattr(args, "redis", None):
+            urls["redis_url"] = infra.redis_url
+    try:
+        yield urls
+    finally:
+        if infra is not None:
+            await asyncio.to_thread(infra.stop)
+
+
+async def _local_kds(settings: Settings):  # type: ignore[no-untyped-def]
+    from shared.platforms.sample.endorsement_server import LocalEndorsementServer
+    from shared.platforms.sample.pki import VendorPKI
+
+    from services.runtime import init_data_dir
+
+    init_data_dir(settings)
+    pki = VendorPKI.load(settings.sample_pki_dir)
+    kds = LocalEndorsementServer({}, pki.chain_pem())
+    devices = settings.data_dir / "sample-kds"
+    if devices.is_dir():
+        for cert in devices.glob("*.der"):
+            kds.add_device(bytes.fromhex(cert.stem), cert.read_bytes())
+    await kds.start()
+    return pki, kds
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir) if args.data_dir else Settings.from_env().data_dir
+    async with _infrastructure(args, data_dir) as urls:
+        settings = _settings(args, **urls)
+        kds = None
+        if not args.kds:
+            _, kds = await _local_kds(settings)
+            settings = _settings(args, **urls, sample_kds_url=kds.base_url)
+        stack = Stack(settings)
+        await stack.start()
+        _stop_on_signals(stack.stop_event)
+        print(f"REMITS gateway ready at {stack.gateway_url}", flush=True)
+        print(f"  nats={settings.nats_url} redis={settings.redis_url} sample-kds={settings.sample_kds_url}", flush=True)
+        await stack.stop_event.wait()
+        await stack.stop()
+        if kds is not None:
+            await kds.stop()
+    return 0
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    stack = Stack(settings, components=(args.stage,), setup_topology=False)
+    await stack.start()
+    _stop_on_signals(stack.stop_event)
+    if stack.gateway_url:
+        print(f"REMITS gateway ready at {stack.gateway_url}", flush=True)
+    await stack.stop_event.wait()
+    await stack.stop()
+    return 0
+
+
+async def cmd_setup(args: argparse.Namespace) -> int:
+    from shared.bus import connect, ensure_topology
+
+    settings = _settings(args)
+    nc, js = await connect(settings.nats_url, "remits-setup")
+    await ensure_topology(js, settings)
+    await nc.drain()
+    print("streams and consumers ready")
+    return 0
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from services.demo.fleet import run_fleet
+
+    if args.fleet < 1 or not 0 <= args.bad <= args.fleet:
+        print("remits demo: need --fleet >= 1 and 0 <= --bad <= --fleet", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="remits-demo-") as tmp:
+        workdir = Path(tmp)
+        args.nats = args.redis = None
+        async with _infrastructure(args, workdir) as urls:
+            settings = _settings(args, **urls, data_dir=workdir / "data", http_port=0)
+            pki, kds = await _local_kds(settings)
+            settings = _settings(args, **urls, data_dir=workdir / "data", http_port=0, sample_kds_url=kds.base_url)
+            stack = Stack(settings)
+            await stack.start()
+            try:
+                summary = await run_fleet(stack.gateway_url, pki, kds, stack.store, args.fleet, args.bad, args.concurrency)
+            finally:
+                await stack.stop()
+                await kds.stop()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"REMITS demo: {summary['submitted']} simulated guests ({args.bad} deliberately bad)")
+        print(
+            f"  affirming {summary['affirming']}, warning {summary['warning']}, "
+            f"contraindicated {summary['contraindicated']}, rejected {summary['rejected']}, errors {summary['errors']}"
+        )
+        print(f"  secrets released: {summary['secrets_released']}")
+        print(
+            f"  {summary['attestations_per_s']} attestations/s over {summary['elapsed_s']} s; "
+            f"latency p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"
+        )
+        for reason, count in summary["rejection_reasons"].items():
+            print(f"  rejected {count:>4}  {reason}")
+    return 0 if summary["errors"] == 0 else 1
+
+
+async def cmd_audit_tail(args: argparse.Namespace) -> int:
+    from services.audit.worker import tail
+    from shared.bus import connect
+
+    settings = _settings(args)
+    nc, js = await connect(settings.nats_url, "remits-audit-tail")
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    try:
+        await tail(js, stop, history=args.history)
+    finally:
+        await nc.drain()
+    return 0
+
+
+async def cmd_resource(args: argparse.Namespace) -> int:
+    from shared.cache import Store
+
+    store = Store.from_url(_settings(args).redis_url)
+    try:
+        await store.put_resource(args.path, Path(args.file).read_bytes())
+    finally:
+        await store.close()
+    print(f"stored {args.path}")
+    return 0
+
+
+async def cmd_refval(args: argparse.Namespace) -> int:
+    from shared.cache import Store
+
+    store = Store.from_url(_settings(args).redis_url)
+    try:
+        await store.add_reference_values(args.tee, args.name, list(args.values))
+    finally:
+        await store.close()
+    print(f"added {len(args.values)} value(s) to {args.tee}/{args.name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {
+        "up": cmd_up,
+        "worker": cmd_worker,
+        "setup": cmd_setup,
+        "demo": cmd_demo,
+        "resource": cmd_resource,
+        "refval": cmd_refval,
+    }
+    if args.command == "audit":
+        return asyncio.run(cmd_audit_tail(args))
+    return asyncio.run(commands[args.command](args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

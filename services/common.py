@@ -1,0 +1,133 @@
+"""What every stage worker shares: its context, the outcome notification to the waiting gateway,
+and the dead-letter path that still gives the caller exactly one (rejected) decision."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from shared import schemas
+from shared.bus import REPLY_HEADER, REQUEST_ID_HEADER, TEE_HEADER, Publish, publish_headers
+from shared.cache import Store
+from shared.config import Settings
+from shared.errors import RemitsError
+from shared.fetch import EndorsementFetcher
+from shared.platforms.base import Platform
+from shared.telemetry import get_logger
+
+log = get_logger("remits.stage")
+
+T = TypeVar("T")
+
+
+@dataclass
+class StageContext:
+    settings: Settings
+    nc: NATS
+    js: JetStreamContext
+    store: Store
+    platforms: dict[str, Platform]
+    signing_key: ec.EllipticCurvePrivateKey
+    fetcher: EndorsementFetcher
+    # Signature checks run here so that a burst of evidence does not stall the event loop.
+    crypto_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=2))
+    clock: Callable[[], float] = time.time
+
+    async def run_crypto(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.crypto_pool, fn, *args)
+
+
+def next_stage(stage: str, message: schemas.StageMessage, from_stage: str) -> Publish:
+    """The one way a stage hands work on: subject of the next stage, de-dup id <request>:<stage>."""
+    return Publish(schemas.stage_subject(stage), message, f"{message.meta.request_id}:{from_stage}")
+
+
+def reject(meta: schemas.RequestMeta, stage: str, error: RemitsError | str, detail: str = "") -> Publish:
+    if isinstance(error, RemitsError):
+        reason, detail = error.reason, error.detail
+    else:
+        reason = error
+    log.info("evidence.rejected", reason=reason, detail=detail)
+    return next_stage("decide", schemas.Rejection(meta=meta, stage=stage, reason=reason, detail=detail), stage)
+
+
+async def notify_outcome(ctx: StageContext, reply_to: str, outcome: schemas.Outcome) -> None:
+    """Redis first (a gateway that missed the notification reads it there), then the notification."""
+    data = schemas.encode(outcome)
+    await ctx.store.put_outcome(outcome.request_id, data)
+    if reply_to:
+        await ctx.nc.publish(reply_to, data)
+
+
+async def publish_decision_record(ctx: StageContext, decision: schemas.Decision) -> None:
+    subject = schemas.decision_subject(decision.meta.tee, decision.status)
+    await ctx.js.publish(
+        subject,
+        schemas.encode(decision),
+        headers=publish_headers(decision.meta.request_id, f"{decision.meta.request_id}:decision"),
+    )
+
+
+def meta_from_headers(headers: dict[str, str]) -> schemas.RequestMeta | None:
+    request_id = headers.get(REQUEST_ID_HEADER, "")
+    if not request_id:
+        return None
+    return schemas.RequestMeta(
+        request_id=request_id,
+        tee=headers.get(TEE_HEADER, "unknown") or "unknown",
+        reply_to=headers.get(REPLY_HEADER, ""),
+        submitted_at=0.0,
+    )
+
+
+def make_dead_letter_handler(ctx: StageContext) -> Callable[..., Any]:
+    async def dead_letter(stage: str, data: bytes, headers: dict[str, str], reason: str, deliveries: int) -> None:
+        meta = meta_from_headers(headers)
+        try:
+            decoded = schemas.decode_stage(data)
+            meta = decoded.meta
+        except Exception:
+            decoded = None
+        letter = schemas.DeadLetter(
+            stage=stage,
+            reason=reason,
+            subject=schemas.stage_subject(stage),
+            data=data,
+            request_id=meta.request_id if meta else "",
+            deliveries=deliveries,
+        )
+        await ctx.js.publish(schemas.dlq_subject(stage), schemas.encode(letter))
+        log.warning("stage.dead_letter", stage=stage, reason=reason, deliveries=deliveries)
+        if meta is None:
+            return  # nobody to answer: the dead letter is the record
+        if isinstance(decoded, schemas.ResourceRequest):
+            outcome = schemas.Outcome(meta.request_id, "denied", reason, f"stage {stage} failed")
+            await notify_outcome(ctx, meta.reply_to, outcome)
+            return
+        # The caller still gets exactly one decision: rejected, recorded for audit.
+        decision = schemas.Decision(
+            meta=meta,
+            status="rejected",
+            decided_at=ctx.clock(),
+            reason=reason,
+            detail=f"stage {stage} could not process the evidence after {deliveries} deliveries",
+        )
+        earlier = await ctx.store.claim_decision(meta.request_id, schemas.encode(decision))
+        if earlier is not None:
+            decision = schemas.decode_decision(earlier)
+        else:
+            await publish_decision_record(ctx, decision)
+        await notify_outcome(
+            ctx,
+            meta.reply_to,
+            schemas.Outcome(meta.request_id, decision.status, decision.reason, decision.detail, decision.token),
+        )
+
+    return dead_letter

@@ -1,0 +1,74 @@
+"""Trust decision: turn the appraisal into a signed EAR token (or a rejection), exactly once per
+request, and publish it on remits.decision.<tee>.<status> for auditors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.common import StageContext, next_stage, publish_decision_record, reject
+from shared import schemas
+from shared.bus import Publish
+from shared.ear import EarSigner, build_ear_claims, status_of
+
+STAGE = "decide"
+POLICY_ID = "remits-default"
+VERIFIER_BUILD = "remits 0.1.0"
+
+
+def decide(
+    message: schemas.AppraisedEvidence | schemas.Rejection, signer: EarSigner, now: float, lifetime_s: int
+) -> schemas.Decision:
+    """Pure: the decision for one appraisal or rejection."""
+    if isinstance(message, schemas.Rejection):
+        return schemas.Decision(
+            meta=message.meta,
+            status="rejected",
+            decided_at=now,
+            reason=message.reason,
+            detail=f"{message.stage}: {message.detail}" if message.detail else message.stage,
+        )
+    status = status_of(message.vector)
+    annotated = {
+        message.meta.tee: message.claims,
+        "runtime_data_claims": message.runtime_data_claims,
+    }
+    claims = build_ear_claims(
+        tee=message.meta.tee,
+        vector=message.vector,
+        annotated_evidence=annotated,
+        policy_id=POLICY_ID,
+        issued_at=int(now),
+        lifetime_s=lifetime_s,
+        verifier_build=VERIFIER_BUILD,
+    )
+    if status == "none":
+        # A vector with no claims at all is not a trust statement: refuse rather than affirm.
+        return schemas.Decision(
+            meta=message.meta, status="rejected", decided_at=now, reason="policy.no_claims", vector=message.vector
+        )
+    return schemas.Decision(
+        meta=message.meta,
+        status=status,  # type: ignore[arg-type]
+        decided_at=now,
+        reason="; ".join(message.notes),
+        token=signer.sign(claims),
+        vector=message.vector,
+        claims=message.claims,
+    )
+
+
+def make_handler(ctx: StageContext):
+    signer = EarSigner(ctx.signing_key)
+
+    async def handle(message: schemas.StageUnion) -> Sequence[Publish]:
+        if not isinstance(message, (schemas.AppraisedEvidence, schemas.Rejection)):
+            return [reject(message.meta, STAGE, "bus.unexpected_message", type(message).__name__)]
+        decision = decide(message, signer, ctx.clock(), ctx.settings.token_lifetime_s)
+        earlier = await ctx.store.claim_decision(message.meta.request_id, schemas.encode(decision))
+        if earlier is not None:
+            # A redelivery (or a dead-letter path) decided already: keep that one decision.
+            decision = schemas.decode_decision(earlier)
+        await publish_decision_record(ctx, decision)
+        return [next_stage("release", decision, STAGE)]
+
+    return handle

@@ -1,0 +1,170 @@
+"""`remits demo`: a simulated fleet attesting concurrently through the HTTP KBS flow."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import aiohttp
+
+from services.demo.client import GuestClient, sample_evidence
+from shared.cache import Store
+from shared.ear import submod_status
+from shared.platforms.sample.endorsement_server import LocalEndorsementServer
+from shared.platforms.sample.pki import SimulatedDevice, VendorPKI
+
+DEMO_IMAGE_MEASUREMENT = hashlib.sha384(b"remits demo guest image v1").digest()
+DEMO_RESOURCE = "default/key/demo"
+BAD_KINDS = ("tampered", "replayed", "unknown_device", "wrong_measurement")
+
+
+@dataclass
+class DeviceRun:
+    kind: str
+    status: str  # affirming | warning | contraindicated | rejected | error
+    reason: str
+    secret_released: bool
+    latency_ms: float
+
+
+async def provision(store: Store, secret: bytes) -> None:
+    await store.add_reference_values("sample", "measurement", [DEMO_IMAGE_MEASUREMENT.hex()])
+    await store.put_resource(DEMO_RESOURCE, secret)
+
+
+def plan_fleet(fleet: int, bad: int) -> list[str]:
+    """Which device is which: the bad ones spread through the fleet, a mix of every bad kind."""
+    kinds = ["good"] * fleet
+    if bad:
+        step = fleet / bad
+        for i in range(bad):
+            kinds[int(i * step)] = BAD_KINDS[i % len(BAD_KINDS)]
+    return kinds
+
+
+async def run_device(
+    kind: str,
+    base_url: str,
+    connector: aiohttp.BaseConnector,
+    device: SimulatedDevice,
+    secret: bytes,
+    captured: asyncio.Queue[dict[str, Any]],
+) -> DeviceRun:
+    client = GuestClient.new(base_url, connector)
+    started = time.perf_counter()
+    try:
+        if kind == "replayed":
+            # An attacker replays evidence captured from a guest that already attested.
+            body = await captured.get()
+            auth = await client.auth()
+            if auth.status != 200:
+                return DeviceRun(kind, "error", f"auth {auth.status}", False, _ms(started))
+            result = await client.attest(body)
+        else:
+            auth = await client.auth()
+            if auth.status != 200:
+                return DeviceRun(kind, "error", f"auth {auth.status}", False, _ms(started))
+            nonce = auth.body["nonce"]
+            evidence = sample_evidence(device, nonce, client.tee_pubkey, tamper=(kind == "tampered"))
+            body = client.attestation_body(nonce, evidence)
+            result = await client.attest(body)
+            if kind == "good":
+                captured.put_nowait(body)
+        if result.status != 200:
+            return DeviceRun(kind, "rejected", result.reason, False, _ms(started))
+        status = submod_status(unverified_claims(result.body["token"]))
+        fetched = await client.resource(DEMO_RESOURCE)
+        released = fetched.status == 200 and client.decrypt(fetched.body) == secret
+        return DeviceRun(kind, status, "", released, _ms(started))
+    except Exception as exc:  # a demo device that crashes is reported, not hidden
+        return DeviceRun(kind, "error", repr(exc), False, _ms(started))
+    finally:
+        await client.close()
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The guest reads its own token's status; verifying it is the relying party's job."""
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100.0 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+async def run_fleet(
+    base_url: str,
+    pki: VendorPKI,
+    kds: LocalEndorsementServer,
+    store: Store,
+    fleet: int,
+    bad: int,
+    concurrency: int = 100,
+) -> dict[str, Any]:
+    if not 0 <= bad <= fleet:
+        raise ValueError("--bad must be between 0 and --fleet")
+    secret = os.urandom(32)
+    await provision(store, secret)
+    now = datetime.now(timezone.utc)
+    kinds = plan_fleet(fleet, bad)
+    devices: list[SimulatedDevice] = []
+    for kind in kinds:
+        measurement = hashlib.sha384(b"some other image").digest() if kind == "wrong_measurement" else DEMO_IMAGE_MEASUREMENT
+        device = SimulatedDevice.create(measurement)
+        if kind != "unknown_device":
+            kds.add_device(device.device_id, pki.issue_device_cert(device.device_id, device.public_key, now))
+        devices.append(device)
+    captured: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(kind: str, device: SimulatedDevice) -> DeviceRun:
+        async with gate:
+            return await run_device(kind, base_url, connector, device, secret, captured)
+
+    started = time.perf_counter()
+    # Replays wait for captured evidence, so the good guests go first in the schedule.
+    order = sorted(range(fleet), key=lambda i: kinds[i] == "replayed")
+    runs = await asyncio.gather(*(one(kinds[i], devices[i]) for i in order))
+    elapsed = time.perf_counter() - started
+    await connector.close()
+    return summarize(runs, elapsed)
+
+
+def summarize(runs: list[DeviceRun], elapsed: float) -> dict[str, Any]:
+    statuses = Counter(r.status for r in runs)
+    latencies = [r.latency_ms for r in runs]
+    reasons = Counter(f"{r.kind}:{r.reason}" for r in runs if r.status == "rejected")
+    return {
+        "submitted": len(runs),
+        "affirming": statuses["affirming"],
+        "warning": statuses["warning"],
+        "contraindicated": statuses["contraindicated"],
+        "rejected": statuses["rejected"],
+        "errors": statuses["error"],
+        "secrets_released": sum(r.secret_released for r in runs),
+        "elapsed_s": round(elapsed, 3),
+        "attestations_per_s": round(len(runs) / elapsed, 1) if elapsed > 0 else 0.0,
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p99_ms": round(percentile(latencies, 99), 1),
+        "mean_ms": round(statistics.fmean(latencies), 1) if latencies else 0.0,
+        "rejection_reasons": dict(sorted(reasons.items())),
+        "error_details": sorted({r.reason for r in runs if r.status == "error"})[:5],
+    }

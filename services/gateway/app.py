@@ -1,0 +1,189 @@
+"""HTTP gateway speaking the Confidential Containers KBS protocol v0 (see docs in README).
+
+It validates and shapes requests, hands evidence to the pipeline and answers with the outcome;
+it verifies nothing itself, so every decision comes from the stages."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from nats.js import JetStreamContext
+
+from services.gateway.waiter import OutcomeWaiter
+from shared import schemas
+from shared.bus import Publish, publish
+from shared.cache import Store
+from shared.config import Settings
+from shared.errors import ProtocolError
+from shared.kbs.wire import (
+    SUPPORTED_TEES,
+    decode_attestation,
+    decode_request,
+    error_body,
+    validate_tee_pubkey,
+)
+from shared.telemetry import get_logger, tracer
+
+log = get_logger("remits.gateway")
+COOKIE = "kbs-session-id"
+
+
+def _error(status: int, variant: str, detail: str) -> web.Response:
+    return web.Response(status=status, body=error_body(variant, detail), content_type="application/json")
+
+
+def _require_json(request: web.Request) -> web.Response | None:
+    if request.content_type != "application/json":
+        return _error(415, "InvalidRequest", f"content type must be application/json, got {request.content_type!r}")
+    return None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    return await request.read()  # aiohttp enforces client_max_size while reading
+
+
+class Gateway:
+    def __init__(self, settings: Settings, js: JetStreamContext, store: Store, waiter: OutcomeWaiter) -> None:
+        self.settings = settings
+        self.js = js
+        self.store = store
+        self.waiter = waiter
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[self._errors])
+        app.add_routes(
+            [
+                web.post("/kbs/v0/auth", self.auth),
+                web.post("/kbs/v0/attest", self.attest),
+                web.get("/kbs/v0/resource/{repository}/{type}/{tag}", self.get_resource),
+                web.post("/kbs/v0/resource/{repository}/{type}/{tag}", self.put_resource),
+                web.get("/healthz", self.healthz),
+            ]
+        )
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "InvalidRequest", f"body larger than {self.settings.max_body_bytes} bytes")
+        except web.HTTPNotFound:
+            return _error(404, "InvalidRequestPath", f"no such endpoint: {request.path}")
+        except web.HTTPMethodNotAllowed:
+            return _error(405, "InvalidRequestPath", f"{request.method} not allowed on {request.path}")
+        except ProtocolError as err:
+            return _error(400, "InvalidRequest", f"{err.reason}: {err.detail}")
+        except Exception as exc:  # fail closed, with a reason, and keep serving
+            log.error("gateway.internal_error", error=repr(exc), exc_info=True)
+            return _error(500, "InternalError", "internal error")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def auth(self, request: web.Request) -> web.Response:
+        if (bad := _require_json(request)) is not None:
+            return bad
+        body = decode_request(await _read_body(request, self.settings.max_body_bytes))
+        if body.tee not in SUPPORTED_TEES:
+            return _error(400, "UnsupportedTee", f"TEE {body.tee!r} is not supported; supported: {sorted(SUPPORTED_TEES)}")
+        session = await self.store.create_session(body.tee, self.settings.nonce_ttl_s)
+        response = web.json_response({"nonce": session.nonce, "extra-params": ""})
+        response.set_cookie(
+            COOKIE, session.session_id, max_age=int(self.settings.nonce_ttl_s), httponly=True, samesite="Strict"
+        )
+        return response
+
+    async def _session(self, request: web.Request):  # type: ignore[no-untyped-def]
+        session_id = request.cookies.get(COOKIE, "")
+        if not session_id or len(session_id) != 32:
+            return None
+        return await self.store.get_session(session_id)
+
+    async def attest(self, request: web.Request) -> web.Response:
+        if (bad := _require_json(request)) is not None:
+            return bad
+        session = await self._session(request)
+        if session is None:
+            return _error(401, "InvalidSession", "no session: POST /kbs/v0/auth first")
+        body = decode_attestation(await _read_body(request, self.settings.max_body_bytes))
+        tee_pubkey = validate_tee_pubkey(body.runtime_data.tee_pubkey)
+        request_id = uuid.uuid4().hex
+        meta = schemas.RequestMeta(
+            request_id=request_id,
+            tee=session.tee,
+            reply_to=self.waiter.subject,
+            submitted_at=time.time(),
+            session_id=session.session_id,
+            nonce=body.runtime_data.nonce,
+        )
+        message = schemas.AttestRequest(
+            meta=meta,
+            tee_pubkey=tee_pubkey,
+            primary_evidence=msgspec.json.encode(body.tee_evidence.primary_evidence),
+            additional_evidence=body.tee_evidence.additional_evidence,
+            init_data=None if body.init_data is None else {"format": body.init_data.format, "body": body.init_data.body},
+        )
+        with tracer().start_as_current_span("remits.gateway.attest", attributes={"remits.request_id": request_id}):
+            outcome = await self._submit(Publish(schemas.stage_subject("intake"), message, f"{request_id}:gateway"), meta)
+        if outcome.status == "rejected":
+            return _error(401, "AttestationError", f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason)
+        response = web.json_response({"token": outcome.token})
+        response.set_cookie(COOKIE, session.session_id, httponly=True, samesite="Strict")
+        return response
+
+    async def _submit(self, item: Publish, meta: schemas.RequestMeta) -> schemas.Outcome:
+        future = self.waiter.expect(meta.request_id)
+        try:
+            await publish(self.js, item, meta.request_id)
+        except Exception as exc:
+            self.waiter._pending.pop(meta.request_id, None)
+            log.error("gateway.publish_failed", error=repr(exc))
+            return schemas.Outcome(meta.request_id, "rejected", "pipeline.unavailable", "could not queue the request")
+        return await self.waiter.wait(meta.request_id, future, self.settings.request_timeout_s)
+
+    async def get_resource(self, request: web.Request) -> web.Response:
+        path = "/".join(request.match_info[k] for k in ("repository", "type", "tag"))
+        token = ""
+        session = await self._session(request)
+        if session is not None and session.state == "attested":
+            token = session.token
+        auth = request.headers.get("Authorization", "")
+        if not token and auth.startswith("Bearer "):
+            token = auth[len("Bearer "):].strip()
+        if not token:
+            return _error(401, "TokenNotFound", "attest first, or send Authorization: Bearer <token>")
+        request_id = uuid.uuid4().hex
+        meta = schemas.RequestMeta(
+            request_id=request_id,
+            tee=session.tee if session else "token",
+            reply_to=self.waiter.subject,
+            submitted_at=time.time(),
+            session_id=session.session_id if session else "",
+        )
+        message = schemas.ResourceRequest(meta=meta, token=token, resource_path=path)
+        with tracer().start_as_current_span("remits.gateway.resource", attributes={"remits.request_id": request_id}):
+            outcome = await self._submit(Publish(schemas.stage_subject("release"), message, f"{request_id}:gateway"), meta)
+        if outcome.status == "released":
+            return web.Response(body=outcome.jwe, content_type="application/json")
+        if outcome.status == "not_found":
+            return _error(404, "ResourceNotFound", f"{outcome.reason}: {outcome.detail}")
+        variant = "TokenVerifierError" if outcome.reason.startswith("token.") else "PolicyDeny"
+        return _error(401, variant, f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason)
+
+    async def put_resource(self, request: web.Request) -> web.Response:
+        """Admin: store a resource. Disabled unless an admin token is configured (fail closed)."""
+        admin = self.settings.admin_token
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not admin or not secrets.compare_digest(given.encode(), admin.encode()):
+            return _error(401, "AdminAuth", "admin API requires the configured admin bearer token")
+        path = "/".join(request.match_info[k] for k in ("repository", "type", "tag"))
+        await self.store.put_resource(path, await _read_body(request, self.settings.max_body_bytes))
+        return web.json_response({"stored": path})

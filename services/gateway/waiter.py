@@ -1,0 +1,56 @@
+"""Waits for the pipeline's outcome of one request: a core-NATS notification addressed to this
+gateway instance, with the Redis copy as the fallback so a missed notification is never a hang."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from shared import schemas
+from shared.cache import Store
+
+
+class OutcomeWaiter:
+    def __init__(self, nc: NATS, store: Store, gateway_id: str) -> None:
+        self.nc = nc
+        self.store = store
+        self.subject = schemas.outcome_subject(gateway_id)
+        self._pending: dict[str, asyncio.Future[schemas.Outcome]] = {}
+        self._sub = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(self.subject, cb=self._on_outcome)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def _on_outcome(self, msg) -> None:  # type: ignore[no-untyped-def]
+        try:
+            outcome = schemas.decode_outcome(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        future = self._pending.get(outcome.request_id)
+        if future is not None and not future.done():
+            future.set_result(outcome)
+
+    def expect(self, request_id: str) -> asyncio.Future[schemas.Outcome]:
+        """Register before publishing, so an outcome that arrives fast is not missed."""
+        future: asyncio.Future[schemas.Outcome] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        return future
+
+    async def wait(self, request_id: str, future: asyncio.Future[schemas.Outcome], timeout_s: float) -> schemas.Outcome:
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except asyncio.TimeoutError:
+            stored = await self.store.get_outcome(request_id)
+            if stored is not None:
+                return schemas.decode_outcome(stored)
+            return schemas.Outcome(
+                request_id, "rejected", "pipeline.timeout", f"no decision within {timeout_s:.0f}s"
+            )
+        finally:
+            self._pending.pop(request_id, None)

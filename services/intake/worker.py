@@ -1,0 +1,59 @@
+"""Evidence intake: consume the single-use nonce, parse the evidence, check its challenge binding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.common import StageContext, next_stage, reject
+from shared import schemas
+from shared.bus import Publish
+from shared.cache import NonceState
+from shared.errors import RemitsError
+from shared.kbs.binding import expected_report_data, report_data_matches
+
+STAGE = "intake"
+
+_NONCE_REASONS = {
+    NonceState.REPLAYED: ("nonce.replayed", "the challenge nonce was already used"),
+    NonceState.EXPIRED: ("nonce.expired", "the challenge nonce has expired"),
+    NonceState.UNKNOWN: ("nonce.unknown", "no such challenge nonce (never issued, or long expired)"),
+    NonceState.WRONG_SESSION: ("nonce.wrong_session", "the nonce was issued to another session"),
+}
+
+
+def make_handler(ctx: StageContext):
+    async def handle(message: schemas.StageUnion) -> Sequence[Publish]:
+        if not isinstance(message, schemas.AttestRequest):
+            return [reject(message.meta, STAGE, "bus.unexpected_message", type(message).__name__)]
+        meta = message.meta
+        state = await ctx.store.consume_nonce(meta.nonce, meta.session_id, meta.request_id, ctx.clock())
+        if state is not NonceState.OK:
+            reason, detail = _NONCE_REASONS[state]
+            return [reject(meta, STAGE, reason, detail)]
+        platform = ctx.platforms.get(meta.tee)
+        if platform is None:
+            return [reject(meta, STAGE, "tee.unsupported", f"no verifier for TEE {meta.tee!r}")]
+        try:
+            info = platform.parse_evidence(message.primary_evidence)
+            expected = expected_report_data(meta.nonce, message.tee_pubkey, message.additional_evidence)
+        except RemitsError as err:
+            return [reject(meta, STAGE, err)]
+        if not report_data_matches(info.report_data, expected):
+            return [
+                reject(
+                    meta,
+                    STAGE,
+                    "evidence.report_data_mismatch",
+                    f"report_data {info.report_data.hex()} does not bind nonce and tee-pubkey",
+                )
+            ]
+        runtime_data_claims = {"nonce": meta.nonce, "tee-pubkey": message.tee_pubkey}
+        parsed = schemas.ParsedEvidence(
+            meta=meta,
+            runtime_data_claims=runtime_data_claims,
+            evidence=info.evidence,
+            endorsement_key=info.endorsement_key,
+        )
+        return [next_stage("endorse", parsed, STAGE)]
+
+    return handle

@@ -1,0 +1,45 @@
+"""Measurement check: the evidence's measurements against the provisioned reference values."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from services.common import StageContext, next_stage, reject
+from shared import schemas
+from shared.bus import Publish
+from shared.errors import RemitsError
+
+STAGE = "measure"
+
+
+def make_handler(ctx: StageContext):
+    async def handle(message: schemas.StageUnion) -> Sequence[Publish]:
+        if not isinstance(message, schemas.VerifiedEvidence):
+            return [reject(message.meta, STAGE, "bus.unexpected_message", type(message).__name__)]
+        platform = ctx.platforms.get(message.meta.tee)
+        if platform is None:
+            return [reject(message.meta, STAGE, "tee.unsupported", message.meta.tee)]
+        references = {
+            name: await ctx.store.get_reference_values(message.meta.tee, name)
+            for name in platform.reference_names
+        }
+        try:
+            appraisal = platform.appraise(message.evidence, references)
+        except RemitsError as err:
+            return [reject(message.meta, STAGE, err)]
+        if appraisal.violations:
+            fields = [v.field for v in appraisal.violations]
+            reason = "measurement.not_in_reference_values" if "measurement" in fields else f"policy.{fields[0]}"
+            detail = json.dumps([{"field": v.field, "got": v.got, "want": v.want} for v in appraisal.violations])
+            return [reject(message.meta, STAGE, reason, detail)]
+        appraised = schemas.AppraisedEvidence(
+            meta=message.meta,
+            runtime_data_claims=message.runtime_data_claims,
+            claims=message.claims,
+            vector=appraisal.vector,
+            notes=appraisal.notes,
+        )
+        return [next_stage("decide", appraised, STAGE)]
+
+    return handle

@@ -1,0 +1,138 @@
+"""Assembles the running service: data directory, platforms, stage runners, audit consumer and the
+HTTP gateway, in any combination (one process for `remits up`, one stage for `remits worker`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from aiohttp import web
+
+from services.audit.worker import run_audit
+from services.common import StageContext, make_dead_letter_handler
+from services.decide.worker import make_handler as decide_handler
+from services.endorse.worker import make_handler as endorse_handler
+from services.gateway.app import Gateway
+from services.gateway.waiter import OutcomeWaiter
+from services.identity.worker import make_handler as identity_handler
+from services.intake.worker import make_handler as intake_handler
+from services.measure.worker import make_handler as measure_handler
+from services.release.worker import make_handler as release_handler
+from shared import schemas
+from shared.bus import StageRunner, connect, ensure_topology
+from shared.cache import Store
+from shared.config import Settings
+from shared.ear import load_or_create_signing_key
+from shared.fetch import EndorsementFetcher
+from shared.platforms.base import Platform
+from shared.platforms.sample.pki import VendorPKI
+from shared.platforms.sample.platform import SamplePlatform
+from shared.telemetry import configure_logging, configure_tracing, get_logger
+
+log = get_logger("remits.runtime")
+
+HANDLERS = {
+    "intake": intake_handler,
+    "endorse": endorse_handler,
+    "identity": identity_handler,
+    "measure": measure_handler,
+    "decide": decide_handler,
+    "release": release_handler,
+}
+COMPONENTS = (*schemas.STAGES, "gateway", "audit")
+
+
+def init_data_dir(settings: Settings) -> None:
+    """Create the service signing key and the sample vendor PKI once; later runs reuse them."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    load_or_create_signing_key(settings.signing_key_path)
+    if not (settings.sample_pki_dir / "root.pem").exists():
+        VendorPKI.generate(datetime.now(timezone.utc)).save(settings.sample_pki_dir)
+
+
+def build_platforms(settings: Settings) -> dict[str, Platform]:
+    pki = VendorPKI.load(settings.sample_pki_dir)
+    return {"sample": SamplePlatform(pki.root_cert, settings.sample_kds_url)}
+
+
+@dataclass
+class Stack:
+    """Some or all REMITS components running in this process."""
+
+    settings: Settings
+    components: tuple[str, ...] = COMPONENTS
+    setup_topology: bool = True
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    gateway_url: str = ""
+    runners: dict[str, StageRunner] = field(default_factory=dict)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _site_runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        configure_logging()
+        configure_tracing(self.settings.service_name)
+        init_data_dir(self.settings)
+        self.nc, self.js = await connect(self.settings.nats_url, f"remits-{'-'.join(self.components)}")
+        if self.setup_topology:
+            await ensure_topology(self.js, self.settings)
+        self.store = Store.from_url(self.settings.redis_url)
+        self.fetcher = EndorsementFetcher()
+        self.ctx = StageContext(
+            settings=self.settings,
+            nc=self.nc,
+            js=self.js,
+            store=self.store,
+            platforms=build_platforms(self.settings),
+            signing_key=load_or_create_signing_key(self.settings.signing_key_path),
+            fetcher=self.fetcher,
+        )
+        dead_letter = make_dead_letter_handler(self.ctx)
+        for stage in self.components:
+            if stage in HANDLERS:
+                runner = StageRunner(
+                    stage,
+                    self.nc,
+                    self.js,
+                    HANDLERS[stage](self.ctx),
+                    dead_letter,
+                    self.settings,
+                    slow=(stage == "endorse"),
+                )
+                self.runners[stage] = runner
+                self._tasks.append(asyncio.create_task(runner.run(self.stop_event), name=f"stage-{stage}"))
+        if "audit" in self.components:
+            self._tasks.append(
+                asyncio.create_task(run_audit(self.js, self.settings.audit_log_path, self.stop_event), name="audit")
+            )
+        if "gateway" in self.components:
+            await self._start_gateway()
+        log.info("stack.ready", components=list(self.components), gateway=self.gateway_url)
+
+    async def _start_gateway(self) -> None:
+        self.waiter = OutcomeWaiter(self.nc, self.store, uuid.uuid4().hex[:12])
+        await self.waiter.start()
+        gateway = Gateway(self.settings, self.js, self.store, self.waiter)
+        self._site_runner = web.AppRunner(gateway.app(), access_log=None)
+        await self._site_runner.setup()
+        site = web.TCPSite(self._site_runner, self.settings.http_host, self.settings.http_port)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
+        self.gateway_url = f"http://{self.settings.http_host}:{port}"
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        if self._site_runner is not None:
+            await self._site_runner.cleanup()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+        if "gateway" in self.components:
+            await self.waiter.stop()
+        await self.fetcher.close()
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+        await self.store.close()
+        self.ctx.crypto_pool.shutdown(wait=False)

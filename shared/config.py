@@ -1,0 +1,73 @@
+"""Runtime settings, read once from the environment (``REMITS_*``) and overridable by the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"REMITS_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    nats_url: str = "nats://127.0.0.1:4222"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Where the service keeps its signing key, the sample vendor PKI and the audit log.
+    data_dir: Path = Path(".remits")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    # Sessions and nonces: single use, expire after this many seconds (KBS default: 5 minutes).
+    nonce_ttl_s: float = 300.0
+    token_lifetime_s: int = 300
+    # How long the gateway waits for the pipeline before answering with a rejection.
+    request_timeout_s: float = 30.0
+    max_body_bytes: int = 256 * 1024
+    # JetStream consumer settings shared by every stage.
+    max_deliver: int = 5
+    ack_wait_s: float = 30.0
+    max_ack_pending: int = 2000
+    fetch_batch: int = 64
+    stage_concurrency: int = 128
+    # Endorsement server of the simulated "sample" vendor (AMD KDS / Intel PCS come later).
+    sample_kds_url: str = "http://127.0.0.1:8099"
+    endorsement_cache_ttl_s: int = 24 * 3600
+    # Admin token for provisioning resources over HTTP; empty disables the admin API (fail closed).
+    admin_token: str = ""
+    service_name: str = "remits"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        base = cls(
+            nats_url=_env("NATS_URL", cls.nats_url),
+            redis_url=_env("REDIS_URL", cls.redis_url),
+            data_dir=Path(_env("DATA_DIR", str(cls.data_dir))),
+            http_host=_env("HTTP_HOST", cls.http_host),
+            http_port=int(_env("HTTP_PORT", str(cls.http_port))),
+            nonce_ttl_s=float(_env("NONCE_TTL_S", str(cls.nonce_ttl_s))),
+            token_lifetime_s=int(_env("TOKEN_LIFETIME_S", str(cls.token_lifetime_s))),
+            request_timeout_s=float(_env("REQUEST_TIMEOUT_S", str(cls.request_timeout_s))),
+            max_deliver=int(_env("MAX_DELIVER", str(cls.max_deliver))),
+            ack_wait_s=float(_env("ACK_WAIT_S", str(cls.ack_wait_s))),
+            sample_kds_url=_env("SAMPLE_KDS_URL", cls.sample_kds_url),
+            admin_token=_env("ADMIN_TOKEN", cls.admin_token),
+        )
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        if "data_dir" in clean:
+            clean["data_dir"] = Path(str(clean["data_dir"]))
+        return dataclasses.replace(base, **clean)  # type: ignore[arg-type]
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.data_dir / "ear-signing-key.pem"
+
+    @property
+    def sample_pki_dir(self) -> Path:
+        return self.data_dir / "sample-pki"
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.data_dir / "audit.jsonl"

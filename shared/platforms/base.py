@@ -1,0 +1,56 @@
+"""What a platform (TEE kind) provides to the pipeline. Every method is pure over bytes and values:
+trust roots are bound at construction, time is passed in, I/O stays in the stage workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class EvidenceInfo:
+    """What intake learns from parsing: the raw evidence, its report_data and its endorsement key."""
+
+    evidence: bytes
+    report_data: bytes
+    endorsement_key: str
+
+
+@dataclass(frozen=True)
+class Violation:
+    field: str
+    got: str
+    want: str
+
+
+@dataclass(frozen=True)
+class Appraisal:
+    """AR4SI claim values set by the measurement/policy check, and every violation found."""
+
+    vector: dict[str, int]
+    violations: list[Violation] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EndorsementRequest:
+    """One document the endorsement stage must obtain: a cache key and the vendor URL serving it."""
+
+    cache_key: str
+    url: str
+
+
+class Platform(Protocol):
+    tee: str
+    reference_names: tuple[str, ...]
+
+    def parse_evidence(self, primary_evidence: bytes) -> EvidenceInfo: ...
+
+    def endorsement_requests(self, endorsement_key: str) -> list[EndorsementRequest]: ...
+
+    def assemble_endorsement(self, documents: list[bytes]) -> list[bytes]: ...
+
+    def verify_identity(self, evidence: bytes, endorsement: list[bytes], now: datetime) -> dict[str, Any]: ...
+
+    def appraise(self, evidence: bytes, references: dict[str, frozenset[str]]) -> Appraisal: ...

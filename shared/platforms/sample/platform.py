@@ -1,0 +1,130 @@
+"""The sample platform as the pipeline sees it: evidence JSON in, claims and an appraisal out.
+
+Evidence (KBS primary_evidence): ``{"report": "<standard base64 of the binary report>"}``.
+Endorsement: the device certificate (by device id) and the vendor chain, from the sample KDS.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections import OrderedDict
+from datetime import datetime, timezone
+from threading import Lock
+from typing import Any
+
+from cryptography import x509
+
+from shared.errors import ParseError, VerificationError
+from shared.platforms.base import Appraisal, EndorsementRequest, EvidenceInfo, Violation
+from shared.platforms.sample import abi, kds, validate, verify
+
+TEE = "sample"
+_VERDICT_CACHE_SIZE = 65536
+
+
+def _not_expired(cert: x509.Certificate, now: datetime) -> bool:
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+
+
+class SamplePlatform:
+    tee = TEE
+    reference_names = ("measurement", "min_svn", "allow_debug")
+
+    def __init__(self, root: x509.Certificate, kds_url: str) -> None:
+        self.root = root
+        self.kds_url = kds_url
+        # Verified chains, so a warm device costs one signature check, not three. Keyed by the
+        # exact endorsement bytes; validity is re-checked at every use against the given time.
+        self._verdicts: OrderedDict[bytes, tuple[x509.Certificate, x509.Certificate]] = OrderedDict()
+        self._lock = Lock()
+
+    # -- intake ----------------------------------------------------------------------------
+    def parse_evidence(self, primary_evidence: bytes) -> EvidenceInfo:
+        try:
+            doc = json.loads(primary_evidence)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ParseError("evidence", f"not JSON: {exc}") from None
+        if not isinstance(doc, dict) or set(doc) != {"report"} or not isinstance(doc["report"], str):
+            raise ParseError("evidence", 'expected {"report": "<base64>"}')
+        try:
+            raw = base64.b64decode(doc["report"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ParseError("evidence.report", f"not base64: {exc}") from None
+        report = abi.parse_report(raw)
+        return EvidenceInfo(
+            evidence=raw, report_data=report.report_data, endorsement_key=report.device_id.hex()
+        )
+
+    # -- endorsement -----------------------------------------------------------------------
+    def endorsement_requests(self, endorsement_key: str) -> list[EndorsementRequest]:
+        try:
+            device_id = bytes.fromhex(endorsement_key)
+        except ValueError:
+            raise ParseError("endorsement_key", "not hex") from None
+        return [
+            EndorsementRequest(f"device:{endorsement_key}", kds.device_cert_url(self.kds_url, device_id)),
+            EndorsementRequest("cert_chain", kds.cert_chain_url(self.kds_url)),
+        ]
+
+    def assemble_endorsement(self, documents: list[bytes]) -> list[bytes]:
+        return documents  # [device certificate DER, vendor chain PEM]
+
+    # -- identity --------------------------------------------------------------------------
+    def _verified_chain(self, endorsement: list[bytes], now: datetime) -> x509.Certificate:
+        if len(endorsement) != 2:
+            raise VerificationError(
+                "endorsement.chain_invalid", f"expected 2 documents, got {len(endorsement)}"
+            )
+        key = hashlib.sha256(endorsement[0] + b"\x00" + endorsement[1]).digest()
+        with self._lock:
+            hit = self._verdicts.get(key)
+        if hit is not None:
+            leaf, intermediate = hit
+            if all(_not_expired(c, now) for c in (leaf, intermediate, self.root)):
+                return leaf
+            raise VerificationError(
+                "endorsement.expired", "an endorsement certificate is outside its validity"
+            )
+        intermediate, kds_root = verify.load_chain(endorsement[1])
+        leaf = verify.verify_chain(endorsement[0], intermediate, kds_root, now, pinned_root=self.root)
+        with self._lock:
+            self._verdicts[key] = (leaf, intermediate)
+            if len(self._verdicts) > _VERDICT_CACHE_SIZE:
+                self._verdicts.popitem(last=False)
+        return leaf
+
+    def verify_identity(self, evidence: bytes, endorsement: list[bytes], now: datetime) -> dict[str, Any]:
+        now = now.astimezone(timezone.utc)
+        report = abi.parse_report(evidence)
+        leaf = self._verified_chain(endorsement, now)
+        verify.verify_report(evidence, report, leaf)
+        return validate.claims(report)
+
+    # -- measurement and policy ------------------------------------------------------------
+    def appraise(self, evidence: bytes, references: dict[str, frozenset[str]]) -> Appraisal:
+        report = abi.parse_report(evidence)
+        measurements = references.get("measurement", frozenset())
+        vector = {"instance-identity": 2, "hardware": 2, "configuration": 2, "executables": 2}
+        notes: list[str] = []
+        try:
+            min_svn = max((int(v) for v in references.get("min_svn", frozenset())), default=0)
+        except ValueError:
+            raise ParseError("reference_values.min_svn", "not an integer", prefix="config") from None
+        refs = validate.ReferenceValues(
+            measurements=frozenset(bytes.fromhex(m) for m in measurements),
+            min_svn=min_svn,
+            allow_debug="true" in references.get("allow_debug", frozenset()),
+        )
+        found = validate.validate(report, refs)
+        if not measurements:
+            # Nothing provisioned: the runtime is unrecognized (warning tier), not approved.
+            found = [v for v in found if v.field != "measurement"]
+            vector["executables"] = 33
+            notes.append("measurement.no_reference_values")
+        if report.debug:
+            vector["configuration"] = 32
+        violations = [Violation(v.field, v.got, v.want) for v in found]
+        return Appraisal(vector=vector, violations=violations, notes=notes)
