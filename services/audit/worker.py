@@ -40,7 +40,7 @@ async def run_audit(js: JetStreamContext, log_path: Path, stop: asyncio.Event) -
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(256, timeout=0.5)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue
             except Exception as exc:
                 if stop.is_set():
@@ -70,7 +70,7 @@ async def tail(js: JetStreamContext, stop: asyncio.Event, out: IO[str] = sys.std
         while not stop.is_set():
             try:
                 msg = await sub.next_msg(timeout=0.5)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue
             decision = schemas.decode_decision(msg.data)
             record = audit_record(decision, msg.metadata.sequence.stream)

@@ -96,9 +96,9 @@ class Gateway:
             return _error(400, "UnsupportedTee", f"TEE {body.tee!r} is not supported; supported: {sorted(SUPPORTED_TEES)}")
         session = await self.store.create_session(body.tee, self.settings.nonce_ttl_s)
         response = web.json_response({"nonce": session.nonce, "extra-params": ""})
-        response.set_cookie(
-            COOKIE, session.session_id, max_age=int(self.settings.nonce_ttl_s), httponly=True, samesite="Strict"
-        )
+        # No max-age: the server enforces expiry, so a late guest is told "nonce.expired" rather
+        # than meeting a silently dropped cookie.
+        response.set_cookie(COOKIE, session.session_id, httponly=True, samesite="Strict")
         return response
 
     async def _session(self, request: web.Request):  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ from threading import Lock
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from shared.errors import ParseError, VerificationError
 from shared.platforms.base import Appraisal, EndorsementRequest, EvidenceInfo, Violation
@@ -36,6 +37,9 @@ class SamplePlatform:
     def __init__(self, root: x509.Certificate, kds_url: str) -> None:
         self.root = root
         self.kds_url = kds_url
+        # The vendor chain is cached per pinned root, so two deployments (or a re-keyed sample
+        # vendor) sharing one Redis never read each other's chain.
+        self._chain_cache_key = "cert_chain:" + root.fingerprint(hashes.SHA256()).hex()[:32]
         # Verified chains, so a warm device costs one signature check, not three. Keyed by the
         # exact endorsement bytes; validity is re-checked at every use against the given time.
         self._verdicts: OrderedDict[bytes, tuple[x509.Certificate, x509.Certificate]] = OrderedDict()
@@ -66,7 +70,7 @@ class SamplePlatform:
             raise ParseError("endorsement_key", "not hex") from None
         return [
             EndorsementRequest(f"device:{endorsement_key}", kds.device_cert_url(self.kds_url, device_id)),
-            EndorsementRequest("cert_chain", kds.cert_chain_url(self.kds_url)),
+            EndorsementRequest(self._chain_cache_key, kds.cert_chain_url(self.kds_url)),
         ]
 
     def assemble_endorsement(self, documents: list[bytes]) -> list[bytes]:

