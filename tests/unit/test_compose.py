@@ -186,7 +186,9 @@ def test_env_points_at_the_nats_and_redis_services(
 
 def test_every_remits_service_sees_the_same_wiring(services: dict[str, dict[str, Any]]) -> None:
     keys = ("REMITS_NATS_URL", "REMITS_REDIS_URL", "REMITS_DATA_DIR")
-    wiring = {name: tuple(_effective_env(services[name]).get(k) for k in keys) for name in (*COMPONENTS, "setup")}
+    wiring = {
+        name: tuple(_effective_env(services[name]).get(k) for k in keys) for name in (*COMPONENTS, "setup")
+    }
     assert len(set(wiring.values())) == 1, wiring
 
 
@@ -207,7 +209,7 @@ def test_components_share_one_data_volume(
     assert data_dir == "/var/lib/remits"
     assert volume in (compose.get("volumes") or {}), f"{volume} is not a declared named volume"
     # The image sets the same default, and owns the directory so a fresh volume is writable.
-    assert re.search(rf"^ENV\b.*REMITS_DATA_DIR={re.escape(data_dir)}\b", _dockerfile_text(), re.M)
+    assert re.search(rf"^ENV\b.*REMITS_DATA_DIR={re.escape(data_dir)}\b", _dockerfile_text(), re.MULTILINE)
     assert re.search(rf"\bchown\b.*{re.escape(data_dir)}", _dockerfile_text())
 
 
@@ -292,7 +294,9 @@ def test_dockerfile_installs_the_package_with_remits_entrypoint() -> None:
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert requires == ">=3.11"
     assert any(op == "COPY" and rest.split()[0] == "." for op, rest in instructions)
-    assert any(op == "RUN" and re.search(r"\bpip install\b[^&;]*\s\.(\s|$)", rest) for op, rest in instructions)
+    assert any(
+        op == "RUN" and re.search(r"\bpip install\b[^&;]*\s\.(\s|$)", rest) for op, rest in instructions
+    )
     entrypoints = [json.loads(rest) for op, rest in instructions if op == "ENTRYPOINT"]
     assert entrypoints[-1] == ["remits"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -318,7 +322,7 @@ def _env_names_in_deployment(services: dict[str, dict[str, Any]]) -> set[str]:
         names |= set(_environment(svc))
         for path in _env_file_paths(svc):
             # Commented-out examples (`# REMITS_X=...`) are documentation of real settings too.
-            names |= set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", path.read_text(), re.M))
+            names |= set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", path.read_text(), re.MULTILINE))
     return names
 
 
@@ -333,4 +337,6 @@ def test_every_env_var_in_the_deployment_is_read_by_the_code(services: dict[str,
         # Settings.from_env reads `_env("NATS_URL", ...)`, i.e. REMITS_ + the name.
         if name not in sources and f'_env("{suffix}"' not in sources:
             unread.append(name)
-    assert not unread, f"set in the deployment but never read by shared/config.py or shared/telemetry.py: {unread}"
+    assert not unread, (
+        f"set in the deployment but never read by shared/config.py or shared/telemetry.py: {unread}"
+    )
