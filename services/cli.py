@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(up)
     up.add_argument("--http", type=_host_port, default=None, help="gateway HOST:PORT (default 127.0.0.1:8080)")
     up.add_argument("--kds", help="sample vendor endorsement server URL (default: start a local one)")
+    up.add_argument("--reuse-port", action="store_true", help="let several `remits up` share the gateway port")
 
     worker = sub.add_parser("worker", help="run one component; several replicas may run at once")
     worker.add_argument("stage", choices=COMPONENTS)
@@ -54,12 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tee", default="sample", choices=["sample"])
     demo.add_argument("--json", action="store_true", help="one JSON object on stdout")
     demo.add_argument("--concurrency", type=int, default=100)
+    demo.add_argument("--processes", type=int, default=1, help="server processes (0: in this process)")
 
     audit = sub.add_parser("audit", help="audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     tail = audit_sub.add_parser("tail", help="follow decisions live")
     tail.add_argument("--nats", help="NATS URL")
     tail.add_argument("--history", action="store_true", help="start from the first kept decision")
+
+    kds = sub.add_parser("kds", help="run the sample vendor's endorsement (key) server")
+    kds.add_argument("--data-dir", help="holds sample-pki/ and enrolled device certificates in sample-kds/")
+    kds.add_argument("--http", type=_host_port, default=("127.0.0.1", 8099), help="HOST:PORT (default 127.0.0.1:8099)")
+
+    bench = sub.add_parser("bench", help="benchmark: attestations/s and p50/p99 latency end to end")
+    bench.add_argument("--fleet", type=int, default=400, help="attestations per round")
+    bench.add_argument("--rounds", type=int, default=3)
+    bench.add_argument("--concurrency", type=int, default=64)
+    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--processes", type=int, default=1, help="server processes (0: in this process)")
 
     resource = sub.add_parser("resource", help="provision a secret resource")
     resource.add_argument("action", choices=["put"])
@@ -88,6 +101,8 @@ def _settings(args: argparse.Namespace, **extra: object) -> Settings:
         overrides["http_host"], overrides["http_port"] = args.http
     if getattr(args, "kds", None):
         overrides["sample_kds_url"] = args.kds
+    if getattr(args, "reuse_port", False):
+        overrides["http_reuse_port"] = True
     return Settings.from_env(**overrides)
 
 
@@ -116,20 +131,15 @@ async def _infrastructure(args: argparse.Namespace, workdir: Path) -> AsyncItera
             await asyncio.to_thread(infra.stop)
 
 
-async def _local_kds(settings: Settings):  # type: ignore[no-untyped-def]
+async def _local_kds(settings: Settings, host: str = "127.0.0.1", port: int = 0):  # type: ignore[no-untyped-def]
+    from services.runtime import init_data_dir
     from shared.platforms.sample.endorsement_server import LocalEndorsementServer
     from shared.platforms.sample.pki import VendorPKI
 
-    from services.runtime import init_data_dir
-
     init_data_dir(settings)
     pki = VendorPKI.load(settings.sample_pki_dir)
-    kds = LocalEndorsementServer({}, pki.chain_pem())
-    devices = settings.data_dir / "sample-kds"
-    if devices.is_dir():
-        for cert in devices.glob("*.der"):
-            kds.add_device(bytes.fromhex(cert.stem), cert.read_bytes())
-    await kds.start()
+    kds = LocalEndorsementServer({}, pki.chain_pem(), device_dir=settings.data_dir / "sample-kds")
+    await kds.start(host, port)
     return pki, kds
 
 
@@ -176,6 +186,72 @@ async def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.asynccontextmanager
+async def _fleet_target(args: argparse.Namespace, workdir: Path):  # type: ignore[no-untyped-def]
+    """Embedded NATS/Redis, the sample KDS, and the REMITS stack: in this process
+    (--processes 0) or as N `remits up` server processes sharing one port (SO_REUSEPORT), so
+    the simulated fleet's own crypto does not compete with the service for one event loop."""
+    from shared.cache import Store
+
+    args.nats = args.redis = None
+    async with _infrastructure(args, workdir) as urls:
+        settings = _settings(args, **urls, data_dir=workdir / "data", http_port=0)
+        pki, kds = await _local_kds(settings)
+        settings = _settings(args, **urls, data_dir=workdir / "data", http_port=0, sample_kds_url=kds.base_url)
+        store = Store.from_url(settings.redis_url)
+        servers: list[asyncio.subprocess.Process] = []
+        stack: Stack | None = None
+        try:
+            if args.processes <= 0:
+                stack = Stack(settings)
+                await stack.start()
+                url = stack.gateway_url
+            else:
+                from shared.embedded import free_port
+
+                port = free_port()
+                for index in range(args.processes):
+                    servers.append(await _spawn_server(settings, port, workdir / f"server-{index}.log"))
+                url = f"http://127.0.0.1:{port}"
+            yield url, pki, kds, store
+        finally:
+            if stack is not None:
+                await stack.stop()
+            for proc in servers:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in servers:
+                try:
+                    await asyncio.wait_for(proc.wait(), 15)
+                except TimeoutError:
+                    proc.kill()
+            await store.close()
+            await kds.stop()
+
+
+async def _spawn_server(settings: Settings, port: int, log_path: Path) -> asyncio.subprocess.Process:
+    argv = [
+        sys.executable, "-m", "services.cli", "up",
+        "--nats", settings.nats_url, "--redis", settings.redis_url,
+        "--http", f"127.0.0.1:{port}", "--kds", settings.sample_kds_url,
+        "--data-dir", str(settings.data_dir), "--reuse-port",
+    ]
+    log = open(log_path, "wb")  # noqa: ASYNC230,SIM115 - handed to the child, closed right after
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=log)
+    log.close()
+    assert proc.stdout is not None
+    try:
+        while True:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            if not line:
+                raise RuntimeError(f"server exited early; see {log_path}")
+            if line.startswith(b"REMITS gateway ready"):
+                return proc
+    except BaseException:
+        proc.kill()
+        raise
+
+
 async def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo.fleet import run_fleet
 
@@ -183,19 +259,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         print("remits demo: need --fleet >= 1 and 0 <= --bad <= --fleet", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="remits-demo-") as tmp:
-        workdir = Path(tmp)
-        args.nats = args.redis = None
-        async with _infrastructure(args, workdir) as urls:
-            settings = _settings(args, **urls, data_dir=workdir / "data", http_port=0)
-            pki, kds = await _local_kds(settings)
-            settings = _settings(args, **urls, data_dir=workdir / "data", http_port=0, sample_kds_url=kds.base_url)
-            stack = Stack(settings)
-            await stack.start()
-            try:
-                summary = await run_fleet(stack.gateway_url, pki, kds, stack.store, args.fleet, args.bad, args.concurrency)
-            finally:
-                await stack.stop()
-                await kds.stop()
+        async with _fleet_target(args, Path(tmp)) as (url, pki, kds, store):
+            summary = await run_fleet(url, pki, kds, store, args.fleet, args.bad, args.concurrency)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -212,6 +277,41 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         for reason, count in summary["rejection_reasons"].items():
             print(f"  rejected {count:>4}  {reason}")
     return 0 if summary["errors"] == 0 else 1
+
+
+async def cmd_kds(args: argparse.Namespace) -> int:
+    settings = _settings(argparse.Namespace(data_dir=args.data_dir))
+    host, port = args.http
+    _, kds = await _local_kds(settings, host, port)
+    print(f"sample KDS ready at {kds.base_url}", flush=True)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    await stop.wait()
+    await kds.stop()
+    return 0
+
+
+async def cmd_bench(args: argparse.Namespace) -> int:
+    """Good guests only, several rounds on one warm stack: the first round pays the endorsement
+    fetches (cold cache), later rounds are the steady state."""
+    from services.demo.fleet import run_fleet
+
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="remits-bench-") as tmp:
+        async with _fleet_target(args, Path(tmp)) as (url, pki, kds, store):
+            for _ in range(args.rounds):
+                rounds.append(await run_fleet(url, pki, kds, store, args.fleet, 0, args.concurrency))
+    keys = ("attestations_per_s", "p50_ms", "p99_ms", "affirming", "errors")
+    report = {"fleet": args.fleet, "concurrency": args.concurrency, "rounds": [{k: r[k] for k in keys} for r in rounds]}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for i, r in enumerate(report["rounds"], 1):
+            print(
+                f"round {i}: {r['attestations_per_s']:>7} attestations/s  p50 {r['p50_ms']:>7} ms  "
+                f"p99 {r['p99_ms']:>7} ms  ({r['affirming']}/{args.fleet} affirming)"
+            )
+    return 0 if all(r["errors"] == 0 and r["affirming"] == args.fleet for r in rounds) else 1
 
 
 async def cmd_audit_tail(args: argparse.Namespace) -> int:
@@ -234,7 +334,8 @@ async def cmd_resource(args: argparse.Namespace) -> int:
 
     store = Store.from_url(_settings(args).redis_url)
     try:
-        await store.put_resource(args.path, Path(args.file).read_bytes())
+        secret = await asyncio.to_thread(Path(args.file).read_bytes)
+        await store.put_resource(args.path, secret)
     finally:
         await store.close()
     print(f"stored {args.path}")
@@ -253,8 +354,18 @@ async def cmd_refval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _install_fast_loop() -> None:
+    # uvloop roughly halves the event-loop overhead per message; plain asyncio still works without it.
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _install_fast_loop()
     commands = {
         "up": cmd_up,
         "worker": cmd_worker,
@@ -262,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         "demo": cmd_demo,
         "resource": cmd_resource,
         "refval": cmd_refval,
+        "kds": cmd_kds,
+        "bench": cmd_bench,
     }
     if args.command == "audit":
         return asyncio.run(cmd_audit_tail(args))

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -50,7 +50,7 @@ def init_data_dir(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     load_or_create_signing_key(settings.signing_key_path)
     if not (settings.sample_pki_dir / "root.pem").exists():
-        VendorPKI.generate(datetime.now(timezone.utc)).save(settings.sample_pki_dir)
+        VendorPKI.generate(datetime.now(UTC)).save(settings.sample_pki_dir)
 
 
 def build_platforms(settings: Settings) -> dict[str, Platform]:
@@ -117,7 +117,12 @@ class Stack:
         gateway = Gateway(self.settings, self.js, self.store, self.waiter)
         self._site_runner = web.AppRunner(gateway.app(), access_log=None)
         await self._site_runner.setup()
-        site = web.TCPSite(self._site_runner, self.settings.http_host, self.settings.http_port)
+        site = web.TCPSite(
+            self._site_runner,
+            self.settings.http_host,
+            self.settings.http_port,
+            reuse_port=self.settings.http_reuse_port or None,
+        )
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         port = sockets[0].getsockname()[1] if sockets else self.settings.http_port

@@ -165,7 +165,7 @@ class StageRunner:
                 free = max(1, min(self.settings.fetch_batch, self._free_slots()))
                 try:
                     msgs = await sub.fetch(free, timeout=0.5)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     continue  # idle, not an error
                 except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
                     break

@@ -20,6 +20,7 @@ class Settings:
     data_dir: Path = Path(".remits")
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    http_reuse_port: bool = False  # several gateway processes on one port (SO_REUSEPORT)
     # Sessions and nonces: single use, expire after this many seconds (KBS default: 5 minutes).
     nonce_ttl_s: float = 300.0
     token_lifetime_s: int = 300

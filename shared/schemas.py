@@ -8,7 +8,7 @@ defaults; unknown fields are tolerated on the bus (external input is validated a
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import msgspec
 
@@ -126,16 +126,16 @@ class ResourceRequest(StageMessage, tag="resource_request"):
     resource_path: str  # "<repository>/<type>/<tag>"
 
 
-StageUnion = Union[
-    AttestRequest,
-    ParsedEvidence,
-    EndorsedEvidence,
-    VerifiedEvidence,
-    AppraisedEvidence,
-    Rejection,
-    Decision,
-    ResourceRequest,
-]
+StageUnion = (
+    AttestRequest
+    | ParsedEvidence
+    | EndorsedEvidence
+    | VerifiedEvidence
+    | AppraisedEvidence
+    | Rejection
+    | Decision
+    | ResourceRequest
+)
 
 
 class Outcome(msgspec.Struct, omit_defaults=True):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,7 @@ class RunningStack:
     def enroll(self, measurement: bytes = GOOD_MEASUREMENT, *, register: bool = True, debug: bool = False) -> SimulatedDevice:
         device = SimulatedDevice.create(measurement, debug=debug)
         if register:
-            cert = self.pki.issue_device_cert(device.device_id, device.public_key, datetime.now(timezone.utc))
+            cert = self.pki.issue_device_cert(device.device_id, device.public_key, datetime.now(UTC))
             self.kds.add_device(device.device_id, cert)
         return device
 

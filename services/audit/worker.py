@@ -36,11 +36,12 @@ def audit_record(decision: schemas.Decision, stream_seq: int) -> schemas.AuditRe
 async def run_audit(js: JetStreamContext, log_path: Path, stop: asyncio.Event) -> None:
     sub = await js.pull_subscribe_bind(durable="audit", stream=schemas.DECISION_STREAM)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as out:
+    # One append-only file for the worker's lifetime; each batch is a single small write.
+    with open(log_path, "ab") as out:  # noqa: ASYNC230
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(256, timeout=0.5)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except Exception as exc:
                 if stop.is_set():
@@ -70,7 +71,7 @@ async def tail(js: JetStreamContext, stop: asyncio.Event, out: IO[str] = sys.std
         while not stop.is_set():
             try:
                 msg = await sub.next_msg(timeout=0.5)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             decision = schemas.decode_decision(msg.data)
             record = audit_record(decision, msg.metadata.sequence.stream)

@@ -11,7 +11,7 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -122,7 +122,7 @@ async def run_fleet(
         raise ValueError("--bad must be between 0 and --fleet")
     secret = os.urandom(32)
     await provision(store, secret)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     kinds = plan_fleet(fleet, bad)
     devices: list[SimulatedDevice] = []
     for kind in kinds:

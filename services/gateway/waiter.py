@@ -45,7 +45,7 @@ class OutcomeWaiter:
     async def wait(self, request_id: str, future: asyncio.Future[schemas.Outcome], timeout_s: float) -> schemas.Outcome:
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             stored = await self.store.get_outcome(request_id)
             if stored is not None:
                 return schemas.decode_outcome(stored)

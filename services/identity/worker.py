@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from services.common import StageContext, next_stage, reject
 from shared import schemas
@@ -20,7 +20,7 @@ def make_handler(ctx: StageContext):
         platform = ctx.platforms.get(message.meta.tee)
         if platform is None:
             return [reject(message.meta, STAGE, "tee.unsupported", message.meta.tee)]
-        now = datetime.fromtimestamp(ctx.clock(), tz=timezone.utc)
+        now = datetime.fromtimestamp(ctx.clock(), tz=UTC)
         try:
             claims = await ctx.run_crypto(
                 platform.verify_identity, message.evidence, message.endorsement, now

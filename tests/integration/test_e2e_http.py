@@ -11,8 +11,7 @@ import aiohttp
 import pytest
 
 from services.demo.client import GuestClient, sample_evidence
-from shared.ear import submod_status, tee_pubkey_from_claims, verify_ear
-from shared.ear import load_or_create_signing_key
+from shared.ear import load_or_create_signing_key, submod_status, tee_pubkey_from_claims, verify_ear
 from tests.conftest import RESOURCE, SECRET, RunningStack, start_stack
 
 pytestmark = pytest.mark.integration

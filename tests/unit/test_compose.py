@@ -145,7 +145,8 @@ def test_no_obsolete_version_key(compose: dict[str, Any]) -> None:
 def test_stage_services_are_exactly_the_components(services: dict[str, dict[str, Any]]) -> None:
     workers = {name for name, svc in services.items() if svc.get("command") and _command(svc)[0] == "worker"}
     assert workers == set(COMPONENTS)
-    assert set(COMPONENTS) <= set(services)
+    stages = {cli.build_parser().parse_args(_command(services[name])).stage for name in workers}
+    assert stages == set(COMPONENTS), "every component must run exactly once, under its own service name"
 
 
 @pytest.mark.parametrize("stage", COMPONENTS)

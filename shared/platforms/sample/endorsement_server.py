@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -31,8 +32,11 @@ class LocalEndorsementServer:
         delay_s: float = 0.0,
         fail_next: int = 0,
         retry_after_s: int | None = None,
+        device_dir: Path | None = None,
     ) -> None:
         self._certs = dict(certs)
+        # Certificates enrolled after start (`remits sample enroll`) are read from here on a miss.
+        self._device_dir = device_dir
         self._chain_pem = chain_pem
         self.delay_s = delay_s
         self.fail_next = fail_next
@@ -69,6 +73,10 @@ class LocalEndorsementServer:
         except ParseError as exc:
             return web.Response(status=400, text=exc.detail)
         der = self._certs.get(device_id)
+        if der is None and self._device_dir is not None:
+            path = self._device_dir / f"{device_id.hex()}.der"
+            if path.is_file():
+                der = path.read_bytes()
         if der is None:
             return web.Response(status=404, text="unknown device")
         return web.Response(body=der, content_type="application/pkix-cert")

@@ -11,7 +11,7 @@ import binascii
 import hashlib
 import json
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from threading import Lock
 from typing import Any
 
@@ -42,7 +42,8 @@ class SamplePlatform:
         self._chain_cache_key = "cert_chain:" + root.fingerprint(hashes.SHA256()).hex()[:32]
         # Verified chains, so a warm device costs one signature check, not three. Keyed by the
         # exact endorsement bytes; validity is re-checked at every use against the given time.
-        self._verdicts: OrderedDict[bytes, tuple[x509.Certificate, x509.Certificate]] = OrderedDict()
+        self._verdicts: OrderedDict[bytes, x509.Certificate] = OrderedDict()
+        self._vendor_chains: dict[bytes, x509.Certificate] = {}
         self._lock = Lock()
 
     # -- intake ----------------------------------------------------------------------------
@@ -77,31 +78,39 @@ class SamplePlatform:
         return documents  # [device certificate DER, vendor chain PEM]
 
     # -- identity --------------------------------------------------------------------------
+    def _verified_vendor_chain(self, chain_pem: bytes, now: datetime) -> x509.Certificate:
+        """The vendor intermediate, verified to the pinned root once per chain document."""
+        with self._lock:
+            intermediate = self._vendor_chains.get(chain_pem)
+        if intermediate is None:
+            intermediate, kds_root = verify.load_chain(chain_pem)
+            verify.verify_vendor_chain(intermediate, kds_root, now, pinned_root=self.root)
+            with self._lock:
+                self._vendor_chains[chain_pem] = intermediate
+        elif not (_not_expired(intermediate, now) and _not_expired(self.root, now)):
+            raise VerificationError("endorsement.expired", "the vendor chain is outside its validity")
+        return intermediate
+
     def _verified_chain(self, endorsement: list[bytes], now: datetime) -> x509.Certificate:
         if len(endorsement) != 2:
-            raise VerificationError(
-                "endorsement.chain_invalid", f"expected 2 documents, got {len(endorsement)}"
-            )
+            raise VerificationError("endorsement.chain_invalid", f"expected 2 documents, got {len(endorsement)}")
+        intermediate = self._verified_vendor_chain(endorsement[1], now)
         key = hashlib.sha256(endorsement[0] + b"\x00" + endorsement[1]).digest()
         with self._lock:
-            hit = self._verdicts.get(key)
-        if hit is not None:
-            leaf, intermediate = hit
-            if all(_not_expired(c, now) for c in (leaf, intermediate, self.root)):
+            leaf = self._verdicts.get(key)
+        if leaf is not None:
+            if _not_expired(leaf, now):
                 return leaf
-            raise VerificationError(
-                "endorsement.expired", "an endorsement certificate is outside its validity"
-            )
-        intermediate, kds_root = verify.load_chain(endorsement[1])
-        leaf = verify.verify_chain(endorsement[0], intermediate, kds_root, now, pinned_root=self.root)
+            raise VerificationError("endorsement.expired", "the device certificate is outside its validity")
+        leaf = verify.verify_device_cert(endorsement[0], intermediate, now)
         with self._lock:
-            self._verdicts[key] = (leaf, intermediate)
+            self._verdicts[key] = leaf
             if len(self._verdicts) > _VERDICT_CACHE_SIZE:
                 self._verdicts.popitem(last=False)
         return leaf
 
     def verify_identity(self, evidence: bytes, endorsement: list[bytes], now: datetime) -> dict[str, Any]:
-        now = now.astimezone(timezone.utc)
+        now = now.astimezone(UTC)
         report = abi.parse_report(evidence)
         leaf = self._verified_chain(endorsement, now)
         verify.verify_report(evidence, report, leaf)

@@ -112,6 +112,44 @@ def _same_cert(a: x509.Certificate, b: x509.Certificate) -> bool:
     return a.public_bytes(serialization.Encoding.DER) == b.public_bytes(serialization.Encoding.DER)
 
 
+def verify_vendor_chain(
+    intermediate: x509.Certificate,
+    root: x509.Certificate,
+    now: datetime,
+    *,
+    pinned_root: x509.Certificate | None = None,
+) -> None:
+    """Verify intermediate -> root at ``now``. The same for every device of the vendor, so
+    callers may cache the verdict and re-check only the validity windows."""
+    at = _utc(now)
+    if pinned_root is not None and not _same_cert(root, pinned_root):
+        raise VerificationError(UNTRUSTED_ROOT, f"{_subject(root)} is not the pinned root")
+    if root.issuer != root.subject:
+        raise VerificationError(UNTRUSTED_ROOT, f"{_subject(root)} is not self-signed")
+    _check_issued_by(root, root, UNTRUSTED_ROOT)
+    # An intermediate that does not chain to the anchor means the endorsement comes from a
+    # root we do not trust.
+    _check_issued_by(intermediate, root, UNTRUSTED_ROOT)
+    _check_ca(root)
+    _check_ca(intermediate)
+    for cert in (root, intermediate):
+        _check_validity(cert, at)
+
+
+def verify_device_cert(device_cert_der: bytes, intermediate: x509.Certificate, now: datetime) -> x509.Certificate:
+    """Verify device cert -> (already verified) intermediate at ``now``; return the device cert."""
+    leaf = load_cert(device_cert_der)
+    _check_issued_by(leaf, intermediate, CHAIN_INVALID)
+    leaf_bc = _basic_constraints(leaf)
+    if leaf_bc is None or leaf_bc.ca:
+        raise VerificationError(CHAIN_INVALID, "device certificate must be an end-entity (CA=False)")
+    _check_validity(leaf, _utc(now))
+    key = leaf.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
+        raise VerificationError(BAD_KEY, "device key must be EC P-384")
+    return leaf
+
+
 def verify_chain(
     device_cert_der: bytes,
     intermediate: x509.Certificate,
@@ -125,32 +163,9 @@ def verify_chain(
     ``root`` is the trust anchor. When it came from the network (the KDS chain), pass the
     configured anchor as ``pinned_root``; the two must then be the identical certificate.
     """
-    at = _utc(now)
-    leaf = load_cert(device_cert_der)
-
-    if pinned_root is not None and not _same_cert(root, pinned_root):
-        raise VerificationError(UNTRUSTED_ROOT, f"{_subject(root)} is not the pinned root")
-    if root.issuer != root.subject:
-        raise VerificationError(UNTRUSTED_ROOT, f"{_subject(root)} is not self-signed")
-    _check_issued_by(root, root, UNTRUSTED_ROOT)
-    # An intermediate that does not chain to the anchor means the endorsement comes from a
-    # root we do not trust; a leaf that does not chain to the intermediate is a broken chain.
-    _check_issued_by(intermediate, root, UNTRUSTED_ROOT)
-    _check_issued_by(leaf, intermediate, CHAIN_INVALID)
-
-    _check_ca(root)
-    _check_ca(intermediate)
-    leaf_bc = _basic_constraints(leaf)
-    if leaf_bc is None or leaf_bc.ca:
-        raise VerificationError(CHAIN_INVALID, "device certificate must be an end-entity (CA=False)")
-
-    for cert in (root, intermediate, leaf):
-        _check_validity(cert, at)
-
-    key = leaf.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
-        raise VerificationError(BAD_KEY, "device key must be EC P-384")
-    return leaf
+    load_cert(device_cert_der)  # an unreadable leaf is a parse error before any chain check
+    verify_vendor_chain(intermediate, root, now, pinned_root=pinned_root)
+    return verify_device_cert(device_cert_der, intermediate, now)
 
 
 def _device_id_of(cert: x509.Certificate) -> bytes:
