@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import math
 import os
 import statistics
 import time
@@ -105,8 +106,8 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100.0 * len(ordered) + 0.5) - 1))
-    return ordered[index]
+    rank = math.ceil(q / 100.0 * len(ordered))  # nearest-rank definition
+    return ordered[min(len(ordered), max(1, rank)) - 1]
 
 
 async def run_fleet(

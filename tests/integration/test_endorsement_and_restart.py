@@ -1,0 +1,55 @@
+"""Endorsements are fetched once per device fleet-wide; the stack survives a NATS restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared.platforms.sample.kds import CHAIN_PATH, DEVICE_PATH
+from tests.conftest import RunningStack
+from tests.integration.test_reliability import attest
+
+pytestmark = pytest.mark.integration
+
+
+async def test_one_vendor_fetch_per_device_under_concurrency(running: RunningStack) -> None:
+    running.kds.delay_s = 0.2  # a slow vendor makes the concurrent requests overlap for sure
+    device = running.enroll()
+    results = await asyncio.gather(*(attest(running, device) for _ in range(30)))
+    assert [status for _, status, _ in results] == [200] * 30
+    assert running.kds.request_count[f"{DEVICE_PATH}{device.device_id.hex()}"] == 1
+    assert running.kds.request_count[CHAIN_PATH] == 1
+    # Warm: served from Redis, the vendor is not asked again.
+    _, status, _ = await attest(running, device)
+    assert status == 200
+    assert running.kds.request_count[f"{DEVICE_PATH}{device.device_id.hex()}"] == 1
+
+
+async def test_unknown_device_is_negatively_cached(running: RunningStack) -> None:
+    device = running.enroll(register=False)
+    results = await asyncio.gather(*(attest(running, device) for _ in range(10)))
+    assert {status for _, status, _ in results} == {401}
+    assert {body["detail"].split(":")[0] for _, _, body in results} == {"endorsement.not_found"}
+    assert running.kds.request_count[f"{DEVICE_PATH}{device.device_id.hex()}"] == 1
+
+
+async def test_vendor_outage_is_retried_then_served(running: RunningStack) -> None:
+    running.kds.fail_next = 2  # two 503s, then the vendor answers
+    device = running.enroll()
+    _, status, body = await attest(running, device)
+    assert status == 200, body
+
+
+async def test_stack_keeps_serving_after_nats_restart(running: RunningStack, infra) -> None:  # type: ignore[no-untyped-def]
+    _, status, _ = await attest(running, running.enroll())
+    assert status == 200
+    await asyncio.to_thread(infra.nats.stop)
+    await asyncio.to_thread(infra.nats.start)  # same port, same JetStream store directory
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        _, status, body = await attest(running, running.enroll())
+        if status == 200 or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert status == 200, body
