@@ -236,7 +236,7 @@ async def _spawn_server(settings: Settings, port: int, log_path: Path) -> asynci
         "--http", f"127.0.0.1:{port}", "--kds", settings.sample_kds_url,
         "--data-dir", str(settings.data_dir), "--reuse-port",
     ]
-    log = open(log_path, "wb")  # noqa: ASYNC230,SIM115 - handed to the child, closed right after
+    log = open(log_path, "wb")  # noqa: ASYNC230 - handed to the child, closed right after
     proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=log)
     log.close()
     assert proc.stdout is not None
