@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared.jwe import unwrap_secret
 from shared.kbs.binding import expected_report_data
@@ -27,6 +27,16 @@ def p256_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
         "alg": "ECDH-ES+A256KW",
         "x": b64url_encode(numbers.x.to_bytes(32, "big")),
         "y": b64url_encode(numbers.y.to_bytes(32, "big")),
+    }
+
+
+def rsa_jwk(key: rsa.RSAPrivateKey) -> dict[str, str]:
+    numbers = key.public_key().public_numbers()
+    return {
+        "kty": "RSA",
+        "alg": "RSA-OAEP-256",
+        "n": b64url_encode(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
+        "e": b64url_encode(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")),
     }
 
 
@@ -48,7 +58,9 @@ class GuestClient:
 
     base_url: str
     http: aiohttp.ClientSession
-    tee_key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    tee_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
 
     @classmethod
     def new(cls, base_url: str, connector: aiohttp.BaseConnector | None = None) -> GuestClient:
@@ -65,6 +77,8 @@ class GuestClient:
 
     @property
     def tee_pubkey(self) -> dict[str, str]:
+        if isinstance(self.tee_key, rsa.RSAPrivateKey):
+            return rsa_jwk(self.tee_key)
         return p256_jwk(self.tee_key)
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> HttpResult:

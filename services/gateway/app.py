@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import msgspec
+import structlog
 from aiohttp import web
 from nats.js import JetStreamContext
 
@@ -131,8 +132,12 @@ class Gateway:
             additional_evidence=body.tee_evidence.additional_evidence,
             init_data=None if body.init_data is None else {"format": body.init_data.format, "body": body.init_data.body},
         )
-        with tracer().start_as_current_span("remits.gateway.attest", attributes={"remits.request_id": request_id}):
+        with (
+            structlog.contextvars.bound_contextvars(request_id=request_id, stage="gateway"),
+            tracer().start_as_current_span("remits.gateway.attest", attributes={"remits.request_id": request_id}),
+        ):
             outcome = await self._submit(Publish(schemas.stage_subject("intake"), message, f"{request_id}:gateway"), meta)
+            log.info("attest.answered", tee=session.tee, status=outcome.status, reason=outcome.reason)
         if outcome.status == "rejected":
             return _error(401, "AttestationError", f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason)
         response = web.json_response({"token": outcome.token})
@@ -169,8 +174,12 @@ class Gateway:
             session_id=session.session_id if session else "",
         )
         message = schemas.ResourceRequest(meta=meta, token=token, resource_path=path)
-        with tracer().start_as_current_span("remits.gateway.resource", attributes={"remits.request_id": request_id}):
+        with (
+            structlog.contextvars.bound_contextvars(request_id=request_id, stage="gateway"),
+            tracer().start_as_current_span("remits.gateway.resource", attributes={"remits.request_id": request_id}),
+        ):
             outcome = await self._submit(Publish(schemas.stage_subject("release"), message, f"{request_id}:gateway"), meta)
+            log.info("resource.answered", resource=path, status=outcome.status, reason=outcome.reason)
         if outcome.status == "released":
             return web.Response(body=outcome.jwe, content_type="application/json")
         if outcome.status == "not_found":

@@ -184,3 +184,46 @@ async def test_admin_api_is_closed_without_a_token(running: RunningStack) -> Non
             assert resp.status == 401
             assert json.loads(await resp.read())["type"].endswith("/AdminAuth")
     assert await running.stack.store.get_resource("a/b/c") is None
+
+
+async def test_secret_is_wrapped_to_an_rsa_tee_key(running: RunningStack) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    device = running.enroll()
+    client = GuestClient.new(running.url)
+    client.tee_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    try:
+        nonce = (await client.auth()).body["nonce"]
+        result = await client.attest(client.attestation_body(nonce, sample_evidence(device, nonce, client.tee_pubkey)))
+        assert result.status == 200, result.body
+        fetched = await client.resource(RESOURCE)
+        assert fetched.status == 200
+        header = json.loads(base64.urlsafe_b64decode(fetched.body["protected"] + "=="))
+        assert header["alg"] == "RSA-OAEP-256" and header["enc"] == "A256GCM"
+        assert client.decrypt(fetched.body) == SECRET
+    finally:
+        await client.close()
+
+
+async def test_audit_tail_follows_decisions_live(running: RunningStack) -> None:
+    import io
+
+    from services.audit.worker import tail
+
+    out = io.StringIO()
+    stop = asyncio.Event()
+    follower = asyncio.create_task(tail(running.stack.js, stop, out))
+    await asyncio.sleep(0.3)
+    device = running.enroll(register=False)
+    client, _, result = await attest_device(running, device)
+    await client.close()
+    assert result.status == 401
+    for _ in range(50):
+        if out.getvalue():
+            break
+        await asyncio.sleep(0.1)
+    stop.set()
+    await follower
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert records and records[-1]["status"] == "rejected"
+    assert records[-1]["reason"] == "endorsement.not_found"
