@@ -30,6 +30,9 @@ from shared.fetch import EndorsementFetcher
 from shared.platforms.base import Platform
 from shared.platforms.sample.pki import VendorPKI
 from shared.platforms.sample.platform import SamplePlatform
+from shared.platforms.snp.abi import Product
+from shared.platforms.snp.certs import AmdRoots, load_roots, pinned_roots
+from shared.platforms.snp.platform import SnpPlatform
 from shared.telemetry import configure_logging, configure_tracing, get_logger
 
 log = get_logger("remits.runtime")
@@ -53,9 +56,23 @@ def init_data_dir(settings: Settings) -> None:
         VendorPKI.generate(datetime.now(UTC)).save(settings.sample_pki_dir)
 
 
+def snp_roots(settings: Settings) -> dict[Product, AmdRoots]:
+    """The AMD roots shipped with REMITS, or (tests and demos only) a test vendor's roots."""
+    if settings.snp_roots_dir is None:
+        return pinned_roots()
+    return {
+        product: load_roots(settings.snp_roots_dir / product.value.lower(), product)
+        for product in Product
+        if (settings.snp_roots_dir / product.value.lower() / "ark.pem").exists()
+    }
+
+
 def build_platforms(settings: Settings) -> dict[str, Platform]:
     pki = VendorPKI.load(settings.sample_pki_dir)
-    return {"sample": SamplePlatform(pki.root_cert, settings.sample_kds_url)}
+    return {
+        "sample": SamplePlatform(pki.root_cert, settings.sample_kds_url),
+        "snp": SnpPlatform(snp_roots(settings), settings.snp_kds_url),
+    }
 
 
 @dataclass

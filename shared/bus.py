@@ -160,11 +160,18 @@ class StageRunner:
             cb=self._on_max_deliveries,
         )
         log.info("stage.started", stage=self.stage)
+        stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
                 free = max(1, min(self.settings.fetch_batch, self._free_slots()))
+                fetching = asyncio.ensure_future(sub.fetch(free, timeout=self.settings.fetch_timeout_s))
+                # A stop must not wait for a long pull request to expire.
+                await asyncio.wait({fetching, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetching.done():
+                    fetching.cancel()  # anything it was handed is redelivered after ack_wait
+                    break
                 try:
-                    msgs = await sub.fetch(free, timeout=0.5)
+                    msgs = fetching.result()
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue  # idle, not an error
                 except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
@@ -179,6 +186,7 @@ class StageRunner:
                     self._tasks.add(task)
                     task.add_done_callback(self._done)
         finally:
+            stopping.cancel()
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=5)
             await advisory.unsubscribe()

@@ -12,6 +12,10 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"REMITS_{name}", default)
 
 
+def _optional_path(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
 @dataclass(frozen=True)
 class Settings:
     nats_url: str = "nats://127.0.0.1:4222"
@@ -32,10 +36,20 @@ class Settings:
     ack_wait_s: float = 30.0
     max_ack_pending: int = 2000
     fetch_batch: int = 64
+    # How long one pull request waits on the server when idle; a fetch returns as soon as
+    # messages arrive, so this only bounds how quickly an idle worker notices a stop.
+    fetch_timeout_s: float = 0.5
     stage_concurrency: int = 128
     # Endorsement server of the simulated "sample" vendor (AMD KDS / Intel PCS come later).
     sample_kds_url: str = "http://127.0.0.1:8099"
     endorsement_cache_ttl_s: int = 24 * 3600
+    # Certificates provisioned by hand (<dir>/<tee>/<cache key>), consulted before any vendor fetch.
+    offline_endorsements_dir: Path | None = None
+    # AMD key distribution server (SEV-SNP VCEKs and CRLs).
+    snp_kds_url: str = "https://kdsintf.amd.com"
+    # Replaces the pinned AMD roots (<dir>/<milan|genoa|turin>/{ark,ask,asvk}.pem). For test
+    # vendors (the SNP demo) only: never point this at roots a host or guest supplied.
+    snp_roots_dir: Path | None = None
     # Admin token for provisioning resources over HTTP; empty disables the admin API (fail closed).
     admin_token: str = ""
     service_name: str = "remits"
@@ -53,12 +67,17 @@ class Settings:
             request_timeout_s=float(_env("REQUEST_TIMEOUT_S", str(cls.request_timeout_s))),
             max_deliver=int(_env("MAX_DELIVER", str(cls.max_deliver))),
             ack_wait_s=float(_env("ACK_WAIT_S", str(cls.ack_wait_s))),
+            fetch_timeout_s=float(_env("FETCH_TIMEOUT_S", str(cls.fetch_timeout_s))),
             sample_kds_url=_env("SAMPLE_KDS_URL", cls.sample_kds_url),
             admin_token=_env("ADMIN_TOKEN", cls.admin_token),
+            offline_endorsements_dir=_optional_path(_env("OFFLINE_ENDORSEMENTS_DIR", "")),
+            snp_kds_url=_env("SNP_KDS_URL", cls.snp_kds_url),
+            snp_roots_dir=_optional_path(_env("SNP_ROOTS_DIR", "")),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
-        if "data_dir" in clean:
-            clean["data_dir"] = Path(str(clean["data_dir"]))
+        for name in ("data_dir", "offline_endorsements_dir", "snp_roots_dir"):
+            if name in clean:
+                clean[name] = Path(str(clean[name]))
         return dataclasses.replace(base, **clean)  # type: ignore[arg-type]
 
     @property

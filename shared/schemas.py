@@ -70,6 +70,7 @@ class ParsedEvidence(StageMessage, tag="parsed_evidence"):
     runtime_data_claims: dict[str, Any]
     evidence: bytes  # the platform's raw evidence (e.g. the binary report)
     endorsement_key: str  # which endorsement the evidence needs (e.g. the device id in hex)
+    carried_endorsement: list[bytes] = []  # certificates the guest sent with its evidence
 
 
 class EndorsedEvidence(StageMessage, tag="endorsed_evidence"):

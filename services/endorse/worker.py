@@ -1,10 +1,14 @@
-"""Root endorsement fetch: find the endorsement the evidence needs in Redis, else fetch it from the
-vendor over HTTP, once per key across every replica (a Redis lock), and cache it."""
+"""Root endorsement fetch: the endorsements the evidence needs come from what the guest carried,
+else the Redis cache, else an offline directory, else the vendor over HTTP — fetched once per key
+across every replica (a Redis lock) and cached for as long as the document stays valid."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 
 from services.common import StageContext, next_stage, reject
 from shared import schemas
@@ -15,17 +19,41 @@ from shared.platforms.base import EndorsementRequest, Platform
 STAGE = "endorse"
 _LOCK_TTL_S = 30.0
 _WAIT_STEP_S = 0.02
+_NEGATIVE_TTL_S = 60
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]")
 
 
-async def obtain_document(ctx: StageContext, tee: str, request: EndorsementRequest) -> tuple[bytes, str]:
-    """Cache, else one fetch per key fleet-wide. Returns (document, "cache" | "fetch")."""
+def offline_path(directory: Path, tee: str, cache_key: str) -> Path:
+    """``<dir>/<tee>/<cache key with unsafe characters as '_'>``: one file per document."""
+    return directory / tee / _UNSAFE.sub("_", cache_key)
+
+
+async def _read_offline(ctx: StageContext, tee: str, request: EndorsementRequest) -> bytes | None:
+    directory = ctx.settings.offline_endorsements_dir
+    if directory is None:
+        return None
+    path = offline_path(directory, tee, request.cache_key)
+    return await asyncio.to_thread(lambda: path.read_bytes() if path.is_file() else None)
+
+
+async def obtain_document(ctx: StageContext, platform: Platform, request: EndorsementRequest) -> tuple[bytes, str]:
+    """Cache, offline directory, else one vendor fetch per key fleet-wide: (document, source)."""
+    tee = platform.tee
     waited = 0.0
     while True:
         cached = await ctx.store.get_endorsement(tee, request.cache_key)
         if cached is not None:
-            if not cached:  # a cached "vendor does not know this key"
+            if not cached:  # a cached "the vendor does not know this key"
                 raise EndorsementError("endorsement.not_found", request.url)
             return cached[0], "cache"
+        offline = await _read_offline(ctx, tee, request)
+        if offline is not None:
+            return offline, "offline"
+        if not request.url:
+            raise EndorsementError(
+                "endorsement.not_found",
+                f"{request.cache_key} is not served by the vendor: send it with the evidence or provision it offline",
+            )
         token = await ctx.store.acquire_lock(f"fetch:{tee}:{request.cache_key}", _LOCK_TTL_S)
         if token is not None:
             break
@@ -40,23 +68,37 @@ async def obtain_document(ctx: StageContext, tee: str, request: EndorsementReque
             document = await ctx.fetcher.get(request.url)
         except EndorsementError as err:
             if err.reason == "endorsement.not_found":
-                # Negative cache, short: a fleet of unknown devices must not hammer the vendor.
-                await ctx.store.put_endorsement(tee, request.cache_key, [], 60)
+                # Negative cache, short: a fleet of unknown chips must not hammer the vendor.
+                await ctx.store.put_endorsement(tee, request.cache_key, [], _NEGATIVE_TTL_S)
             raise
-        await ctx.store.put_endorsement(
-            tee, request.cache_key, [document], ctx.settings.endorsement_cache_ttl_s
-        )
+        now = datetime.fromtimestamp(ctx.clock(), tz=UTC)
+        ttl = platform.document_ttl(request, document, now)
+        default = ctx.settings.endorsement_cache_ttl_s
+        ttl = default if ttl is None else max(1, min(ttl, default))
+        await ctx.store.put_endorsement(tee, request.cache_key, [document], ttl)
         return document, "fetch"
     finally:
         await ctx.store.release_lock(f"fetch:{tee}:{request.cache_key}", token)
 
 
-async def obtain_endorsement(ctx: StageContext, platform: Platform, key: str) -> tuple[list[bytes], str]:
-    requests = platform.endorsement_requests(key)
-    results = await asyncio.gather(*(obtain_document(ctx, platform.tee, r) for r in requests))
+async def _obtain_or_none(ctx: StageContext, platform: Platform, request: EndorsementRequest) -> tuple[bytes | None, str]:
+    try:
+        return await obtain_document(ctx, platform, request)
+    except EndorsementError:
+        if request.optional:
+            return None, "unavailable"
+        raise
+
+
+async def obtain_endorsement(
+    ctx: StageContext, platform: Platform, evidence: bytes, carried: tuple[bytes, ...]
+) -> tuple[list[bytes], str]:
+    requests = platform.endorsement_requests(evidence, carried)
+    results = await asyncio.gather(*(_obtain_or_none(ctx, platform, r) for r in requests))
     documents = [doc for doc, _ in results]
-    source = "fetch" if any(src == "fetch" for _, src in results) else "cache"
-    return platform.assemble_endorsement(documents), source
+    sources = {src for _, src in results} or {"evidence"}
+    source = next((s for s in ("fetch", "offline", "cache") if s in sources), "evidence")
+    return platform.assemble_endorsement(documents, carried), source
 
 
 def make_handler(ctx: StageContext):
@@ -67,7 +109,9 @@ def make_handler(ctx: StageContext):
         if platform is None:
             return [reject(message.meta, STAGE, "tee.unsupported", message.meta.tee)]
         try:
-            chain, source = await obtain_endorsement(ctx, platform, message.endorsement_key)
+            chain, source = await obtain_endorsement(
+                ctx, platform, message.evidence, tuple(message.carried_endorsement)
+            )
         except RemitsError as err:
             return [reject(message.meta, STAGE, err)]
         endorsed = schemas.EndorsedEvidence(

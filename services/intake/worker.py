@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from services.common import StageContext, next_stage, reject
@@ -10,6 +11,7 @@ from shared.bus import Publish
 from shared.cache import NonceState
 from shared.errors import RemitsError
 from shared.kbs.binding import expected_report_data, report_data_matches
+from shared.kbs.initdata import binding_matches, parse_init_data
 
 STAGE = "intake"
 
@@ -38,6 +40,23 @@ def make_handler(ctx: StageContext):
             expected = expected_report_data(meta.nonce, message.tee_pubkey, message.additional_evidence)
         except RemitsError as err:
             return [reject(meta, STAGE, err)]
+        init_data_claims = None
+        if message.init_data is not None:
+            try:
+                init_data_claims, digest = parse_init_data(message.init_data["format"], message.init_data["body"])
+            except RemitsError as err:
+                return [reject(meta, STAGE, err)]
+            if info.init_data_binding is None:
+                return [reject(meta, STAGE, "init_data.unsupported", f"{meta.tee} evidence has no init-data field")]
+            if not binding_matches(info.init_data_binding, digest):
+                return [
+                    reject(
+                        meta,
+                        STAGE,
+                        "evidence.init_data_mismatch",
+                        f"launch field {info.init_data_binding.hex()} does not bind the init-data digest {digest.hex()}",
+                    )
+                ]
         if not report_data_matches(info.report_data, expected):
             return [
                 reject(
@@ -47,12 +66,16 @@ def make_handler(ctx: StageContext):
                     f"report_data {info.report_data.hex()} does not bind nonce and tee-pubkey",
                 )
             ]
-        runtime_data_claims = {"nonce": meta.nonce, "tee-pubkey": message.tee_pubkey}
+        runtime_data_claims: dict[str, object] = {"nonce": meta.nonce, "tee-pubkey": message.tee_pubkey}
+        if init_data_claims is not None:
+            # TOML dates become strings: the claims end up in a JSON token.
+            runtime_data_claims["init_data_claims"] = json.loads(json.dumps(init_data_claims.get("data", {}), default=str))
         parsed = schemas.ParsedEvidence(
             meta=meta,
             runtime_data_claims=runtime_data_claims,
             evidence=info.evidence,
             endorsement_key=info.endorsement_key,
+            carried_endorsement=list(info.carried_endorsement),
         )
         return [next_stage("endorse", parsed, STAGE)]
 

@@ -15,6 +15,11 @@ class EvidenceInfo:
     evidence: bytes
     report_data: bytes
     endorsement_key: str
+    # Endorsements the guest sent along (e.g. the VCEK from the extended report's certificate
+    # table); they are verified like fetched ones, never trusted for being there.
+    carried_endorsement: tuple[bytes, ...] = ()
+    # The evidence field init-data is bound to (SNP HOST_DATA, TDX MRCONFIGID), if the TEE has one.
+    init_data_binding: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,9 @@ class EndorsementRequest:
     """One document the endorsement stage must obtain: a cache key and the vendor URL serving it."""
 
     cache_key: str
-    url: str
+    url: str  # "" when the vendor does not serve it (e.g. a VLEK): offline directory only
+    # An optional document (a CRL) may be unavailable; verification then proceeds without it.
+    optional: bool = False
 
 
 class Platform(Protocol):
@@ -47,9 +54,14 @@ class Platform(Protocol):
 
     def parse_evidence(self, primary_evidence: bytes) -> EvidenceInfo: ...
 
-    def endorsement_requests(self, endorsement_key: str) -> list[EndorsementRequest]: ...
+    def endorsement_requests(self, evidence: bytes, carried: tuple[bytes, ...]) -> list[EndorsementRequest]: ...
 
-    def assemble_endorsement(self, documents: list[bytes]) -> list[bytes]: ...
+    def assemble_endorsement(self, documents: list[bytes | None], carried: tuple[bytes, ...]) -> list[bytes]: ...
+
+    def document_ttl(self, request: EndorsementRequest, document: bytes, now: datetime) -> int | None:
+        """How long a fetched document may be cached (e.g. until a certificate expires or a CRL's
+        next update); None for the configured default."""
+        ...
 
     def verify_identity(self, evidence: bytes, endorsement: list[bytes], now: datetime) -> dict[str, Any]: ...
 

@@ -149,6 +149,9 @@ def _spawn_worker(stage: str, rs: RunningStack, log: Path) -> subprocess.Popen[b
         REMITS_REDIS_URL=rs.settings.redis_url,
         REMITS_DATA_DIR=str(rs.settings.data_dir),
         REMITS_SAMPLE_KDS_URL=rs.settings.sample_kds_url,
+        # Long pull requests: a frozen replica keeps one outstanding, so it is handed messages
+        # it can never ack, however slowly the machine runs.
+        REMITS_FETCH_TIMEOUT_S="10",
     )
     return subprocess.Popen(
         [sys.executable, "-m", "services.cli", "worker", stage],
@@ -180,6 +183,7 @@ async def test_sigkill_of_a_replica_loses_no_request(infra, tmp_path) -> None:  
         # Freeze replica 0 first: its outstanding pull request still receives messages, which it
         # can then never ack. Killing it turns them into in-flight work the other replica must
         # take over after ack_wait.
+        await asyncio.sleep(1.0)  # both replicas are now parked in a long pull request
         workers[0].send_signal(signal.SIGSTOP)
         started = time.monotonic()
         pending = [asyncio.create_task(attest(rs, d)) for d in devices]

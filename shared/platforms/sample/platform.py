@@ -64,18 +64,20 @@ class SamplePlatform:
         )
 
     # -- endorsement -----------------------------------------------------------------------
-    def endorsement_requests(self, endorsement_key: str) -> list[EndorsementRequest]:
-        try:
-            device_id = bytes.fromhex(endorsement_key)
-        except ValueError:
-            raise ParseError("endorsement_key", "not hex") from None
+    def endorsement_requests(self, evidence: bytes, carried: tuple[bytes, ...]) -> list[EndorsementRequest]:
+        device_id = abi.parse_report(evidence).device_id
         return [
-            EndorsementRequest(f"device:{endorsement_key}", kds.device_cert_url(self.kds_url, device_id)),
+            EndorsementRequest(f"device:{device_id.hex()}", kds.device_cert_url(self.kds_url, device_id)),
             EndorsementRequest(self._chain_cache_key, kds.cert_chain_url(self.kds_url)),
         ]
 
-    def assemble_endorsement(self, documents: list[bytes]) -> list[bytes]:
-        return documents  # [device certificate DER, vendor chain PEM]
+    def assemble_endorsement(self, documents: list[bytes | None], carried: tuple[bytes, ...]) -> list[bytes]:
+        if any(doc is None for doc in documents):
+            raise VerificationError("endorsement.not_found", "a required sample endorsement is missing")
+        return [doc for doc in documents if doc is not None]  # [device certificate DER, vendor chain PEM]
+
+    def document_ttl(self, request: EndorsementRequest, document: bytes, now: datetime) -> int | None:
+        return None
 
     # -- identity --------------------------------------------------------------------------
     def _verified_vendor_chain(self, chain_pem: bytes, now: datetime) -> x509.Certificate:
