@@ -6,15 +6,18 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from services.runtime import COMPONENTS, Stack
+from cryptography.hazmat.primitives import serialization
+
+from services.runtime import COMPONENTS, Stack, init_data_dir
 from shared.config import Settings
-from shared.embedded import EmbeddedInfra, start_embedded
+from shared.embedded import EmbeddedInfra, free_port, start_embedded
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -52,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run a simulated fleet through the HTTP KBS flow")
     demo.add_argument("--fleet", type=int, default=50)
     demo.add_argument("--bad", type=int, default=5)
-    demo.add_argument("--tee", default="sample", choices=["sample"])
+    demo.add_argument("--tee", default="sample", choices=["sample", "snp"])
     demo.add_argument("--json", action="store_true", help="one JSON object on stdout")
     demo.add_argument("--concurrency", type=int, default=100)
     demo.add_argument("--processes", type=int, default=1, help="server processes (0: in this process)")
@@ -72,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--concurrency", type=int, default=64)
     bench.add_argument("--json", action="store_true")
+    bench.add_argument("--tee", default="sample", choices=["sample", "snp"])
     bench.add_argument("--processes", type=int, default=1, help="server processes (0: in this process)")
 
     resource = sub.add_parser("resource", help="provision a secret resource")
@@ -186,18 +190,42 @@ async def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _simulated_vendor(args: argparse.Namespace, settings: Settings):  # type: ignore[no-untyped-def]
+    """The simulated vendor whose guests the fleet runs, and the settings that trust it."""
+    from services.demo.fleet import SampleFleet, SnpFleet
+
+    if args.tee == "snp":
+        from services.demo.snp_sim import LocalAmdKds, SimulatedAmd
+
+        vendor = await asyncio.to_thread(SimulatedAmd.generate, "Milan")
+        roots = settings.data_dir / "snp-test-roots" / "milan"
+        roots.mkdir(parents=True, exist_ok=True)
+        pem = serialization.Encoding.PEM
+        (roots / "ark.pem").write_bytes(vendor.ark.public_bytes(pem))
+        (roots / "ask.pem").write_bytes(vendor.ask.public_bytes(pem))
+        (roots / "asvk.pem").write_bytes(vendor.ask.public_bytes(pem))  # the demo issues no VLEKs
+        kds = LocalAmdKds(vendor)
+        await kds.start()
+        extra = {"snp_roots_dir": roots.parent, "snp_kds_url": kds.base_url}
+        return SnpFleet(kds), kds, extra
+    pki, kds = await _local_kds(settings)
+    return SampleFleet(pki, kds), kds, {"sample_kds_url": kds.base_url}
+
+
 @contextlib.asynccontextmanager
 async def _fleet_target(args: argparse.Namespace, workdir: Path):  # type: ignore[no-untyped-def]
-    """Embedded NATS/Redis, the sample KDS, and the REMITS stack: in this process
-    (--processes 0) or as N `remits up` server processes sharing one port (SO_REUSEPORT), so
-    the simulated fleet's own crypto does not compete with the service for one event loop."""
+    """Embedded NATS/Redis, the simulated vendor's key server, and the REMITS stack: in this
+    process (--processes 0) or as N `remits up` server processes sharing one port (SO_REUSEPORT),
+    so the simulated fleet's own crypto does not compete with the service for one event loop."""
     from shared.cache import Store
 
     args.nats = args.redis = None
     async with _infrastructure(args, workdir) as urls:
-        settings = _settings(args, **urls, data_dir=workdir / "data", http_port=0)
-        pki, kds = await _local_kds(settings)
-        settings = _settings(args, **urls, data_dir=workdir / "data", http_port=0, sample_kds_url=kds.base_url)
+        base = {**urls, "data_dir": workdir / "data", "http_port": 0}
+        settings = _settings(args, **base)
+        init_data_dir(settings)
+        fleet, kds, extra = await _simulated_vendor(args, settings)
+        settings = _settings(args, **base, **extra)
         store = Store.from_url(settings.redis_url)
         servers: list[asyncio.subprocess.Process] = []
         stack: Stack | None = None
@@ -207,13 +235,11 @@ async def _fleet_target(args: argparse.Namespace, workdir: Path):  # type: ignor
                 await stack.start()
                 url = stack.gateway_url
             else:
-                from shared.embedded import free_port
-
                 port = free_port()
                 for index in range(args.processes):
                     servers.append(await _spawn_server(settings, port, workdir / f"server-{index}.log"))
                 url = f"http://127.0.0.1:{port}"
-            yield url, pki, kds, store
+            yield url, fleet, store
         finally:
             if stack is not None:
                 await stack.stop()
@@ -236,8 +262,11 @@ async def _spawn_server(settings: Settings, port: int, log_path: Path) -> asynci
         "--http", f"127.0.0.1:{port}", "--kds", settings.sample_kds_url,
         "--data-dir", str(settings.data_dir), "--reuse-port",
     ]
+    env = dict(os.environ, REMITS_SNP_KDS_URL=settings.snp_kds_url)
+    if settings.snp_roots_dir is not None:
+        env["REMITS_SNP_ROOTS_DIR"] = str(settings.snp_roots_dir)
     log = open(log_path, "wb")  # noqa: ASYNC230 - handed to the child, closed right after
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=log)
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=log, env=env)
     log.close()
     assert proc.stdout is not None
     try:
@@ -259,8 +288,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         print("remits demo: need --fleet >= 1 and 0 <= --bad <= --fleet", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="remits-demo-") as tmp:
-        async with _fleet_target(args, Path(tmp)) as (url, pki, kds, store):
-            summary = await run_fleet(url, pki, kds, store, args.fleet, args.bad, args.concurrency)
+        async with _fleet_target(args, Path(tmp)) as (url, fleet, store):
+            summary = await run_fleet(url, fleet, store, args.fleet, args.bad, args.concurrency)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -298,9 +327,9 @@ async def cmd_bench(args: argparse.Namespace) -> int:
 
     rounds = []
     with tempfile.TemporaryDirectory(prefix="remits-bench-") as tmp:
-        async with _fleet_target(args, Path(tmp)) as (url, pki, kds, store):
+        async with _fleet_target(args, Path(tmp)) as (url, fleet, store):
             for _ in range(args.rounds):
-                rounds.append(await run_fleet(url, pki, kds, store, args.fleet, 0, args.concurrency))
+                rounds.append(await run_fleet(url, fleet, store, args.fleet, 0, args.concurrency))
     keys = ("attestations_per_s", "p50_ms", "p99_ms", "affirming", "errors")
     report = {"fleet": args.fleet, "concurrency": args.concurrency, "rounds": [{k: r[k] for k in keys} for r in rounds]}
     if args.json:

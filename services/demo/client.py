@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from services.demo.snp_sim import SimulatedSnpGuest
 from shared.jwe import unwrap_secret
 from shared.kbs.binding import expected_report_data
 from shared.kbs.wire import b64url_encode
@@ -117,4 +118,12 @@ def sample_evidence(device: SimulatedDevice, nonce: str, tee_pubkey: dict[str, s
     report = bytearray(device.make_report(expected_report_data(nonce, tee_pubkey)))
     if tamper:
         report[0x18] ^= 0x01  # one bit of the measurement, after signing
+    return {"report": base64.b64encode(bytes(report)).decode()}
+
+
+def snp_evidence(guest: SimulatedSnpGuest, nonce: str, tee_pubkey: dict[str, str], *, tamper: bool = False) -> dict[str, str]:
+    """SNP evidence in the raw-report shape: {"report": base64 of the 1184-byte report}."""
+    report = bytearray(guest.make_report(expected_report_data(nonce, tee_pubkey)))
+    if tamper:
+        report[0x090] ^= 0x01  # one bit of MEASUREMENT, after signing
     return {"report": base64.b64encode(bytes(report)).decode()}

@@ -13,11 +13,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
-from services.demo.client import GuestClient, sample_evidence
+from services.demo.client import GuestClient, sample_evidence, snp_evidence
+from services.demo.snp_sim import LocalAmdKds, SimulatedSnpGuest
 from shared.cache import Store
 from shared.ear import submod_status
 from shared.platforms.sample.endorsement_server import LocalEndorsementServer
@@ -37,8 +38,55 @@ class DeviceRun:
     latency_ms: float
 
 
-async def provision(store: Store, secret: bytes) -> None:
-    await store.add_reference_values("sample", "measurement", [DEMO_IMAGE_MEASUREMENT.hex()])
+OTHER_IMAGE_MEASUREMENT = hashlib.sha384(b"some other image").digest()
+
+
+class FleetTee(Protocol):
+    """What the fleet needs from one simulated TEE kind."""
+
+    tee: str
+
+    def new_guest(self, kind: str) -> Any: ...
+
+    def evidence(self, guest: Any, nonce: str, tee_pubkey: dict[str, str], *, tamper: bool) -> Any: ...
+
+
+@dataclass
+class SampleFleet:
+    pki: VendorPKI
+    kds: LocalEndorsementServer
+    tee: str = "sample"
+
+    def new_guest(self, kind: str) -> SimulatedDevice:
+        measurement = OTHER_IMAGE_MEASUREMENT if kind == "wrong_measurement" else DEMO_IMAGE_MEASUREMENT
+        device = SimulatedDevice.create(measurement)
+        if kind != "unknown_device":
+            now = datetime.now(UTC)
+            self.kds.add_device(device.device_id, self.pki.issue_device_cert(device.device_id, device.public_key, now))
+        return device
+
+    def evidence(self, guest: SimulatedDevice, nonce: str, tee_pubkey: dict[str, str], *, tamper: bool) -> Any:
+        return sample_evidence(guest, nonce, tee_pubkey, tamper=tamper)
+
+
+@dataclass
+class SnpFleet:
+    kds: LocalAmdKds
+    tee: str = "snp"
+
+    def new_guest(self, kind: str) -> SimulatedSnpGuest:
+        measurement = OTHER_IMAGE_MEASUREMENT if kind == "wrong_measurement" else DEMO_IMAGE_MEASUREMENT
+        guest = SimulatedSnpGuest.create(measurement, product=self.kds.vendor.product)
+        if kind != "unknown_device":
+            self.kds.enroll(guest)
+        return guest
+
+    def evidence(self, guest: SimulatedSnpGuest, nonce: str, tee_pubkey: dict[str, str], *, tamper: bool) -> Any:
+        return snp_evidence(guest, nonce, tee_pubkey, tamper=tamper)
+
+
+async def provision(store: Store, tee: str, secret: bytes) -> None:
+    await store.add_reference_values(tee, "measurement", [DEMO_IMAGE_MEASUREMENT.hex()])
     await store.put_resource(DEMO_RESOURCE, secret)
 
 
@@ -56,7 +104,8 @@ async def run_device(
     kind: str,
     base_url: str,
     connector: aiohttp.BaseConnector,
-    device: SimulatedDevice,
+    platform: FleetTee,
+    device: Any,
     secret: bytes,
     captured: asyncio.Queue[dict[str, Any]],
 ) -> DeviceRun:
@@ -66,16 +115,16 @@ async def run_device(
         if kind == "replayed":
             # An attacker replays evidence captured from a guest that already attested.
             body = await captured.get()
-            auth = await client.auth()
+            auth = await client.auth(platform.tee)
             if auth.status != 200:
                 return DeviceRun(kind, "error", f"auth {auth.status}", False, _ms(started))
             result = await client.attest(body)
         else:
-            auth = await client.auth()
+            auth = await client.auth(platform.tee)
             if auth.status != 200:
                 return DeviceRun(kind, "error", f"auth {auth.status}", False, _ms(started))
             nonce = auth.body["nonce"]
-            evidence = sample_evidence(device, nonce, client.tee_pubkey, tamper=(kind == "tampered"))
+            evidence = platform.evidence(device, nonce, client.tee_pubkey, tamper=(kind == "tampered"))
             body = client.attestation_body(nonce, evidence)
             result = await client.attest(body)
             if kind == "good":
@@ -112,8 +161,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def run_fleet(
     base_url: str,
-    pki: VendorPKI,
-    kds: LocalEndorsementServer,
+    platform: FleetTee,
     store: Store,
     fleet: int,
     bad: int,
@@ -122,23 +170,16 @@ async def run_fleet(
     if not 0 <= bad <= fleet:
         raise ValueError("--bad must be between 0 and --fleet")
     secret = os.urandom(32)
-    await provision(store, secret)
-    now = datetime.now(UTC)
+    await provision(store, platform.tee, secret)
     kinds = plan_fleet(fleet, bad)
-    devices: list[SimulatedDevice] = []
-    for kind in kinds:
-        measurement = hashlib.sha384(b"some other image").digest() if kind == "wrong_measurement" else DEMO_IMAGE_MEASUREMENT
-        device = SimulatedDevice.create(measurement)
-        if kind != "unknown_device":
-            kds.add_device(device.device_id, pki.issue_device_cert(device.device_id, device.public_key, now))
-        devices.append(device)
+    devices = [platform.new_guest(kind) for kind in kinds]
     captured: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     connector = aiohttp.TCPConnector(limit=concurrency)
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(kind: str, device: SimulatedDevice) -> DeviceRun:
+    async def one(kind: str, device: Any) -> DeviceRun:
         async with gate:
-            return await run_device(kind, base_url, connector, device, secret, captured)
+            return await run_device(kind, base_url, connector, platform, device, secret, captured)
 
     started = time.perf_counter()
     # Replays wait for captured evidence, so the good guests go first in the schedule.
