@@ -65,7 +65,7 @@ async def obtain_document(ctx: StageContext, platform: Platform, request: Endors
             raise EndorsementError("endorsement.unavailable", f"timed out waiting for {request.url}")
     try:
         try:
-            document = await ctx.fetcher.get(request.url)
+            document = await _fetch_first_known(ctx, (request.url, *request.fallback_urls))
         except EndorsementError as err:
             if err.reason == "endorsement.not_found":
                 # Negative cache, short: a fleet of unknown chips must not hammer the vendor.
@@ -79,6 +79,16 @@ async def obtain_document(ctx: StageContext, platform: Platform, request: Endors
         return document, "fetch"
     finally:
         await ctx.store.release_lock(f"fetch:{tee}:{request.cache_key}", token)
+
+
+async def _fetch_first_known(ctx: StageContext, urls: tuple[str, ...]) -> bytes:
+    for url in urls[:-1]:
+        try:
+            return await ctx.fetcher.get(url)
+        except EndorsementError as err:
+            if err.reason != "endorsement.not_found":
+                raise
+    return await ctx.fetcher.get(urls[-1])
 
 
 async def _obtain_or_none(ctx: StageContext, platform: Platform, request: EndorsementRequest) -> tuple[bytes | None, str]:

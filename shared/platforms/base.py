@@ -46,6 +46,8 @@ class EndorsementRequest:
     url: str  # "" when the vendor does not serve it (e.g. a VLEK): offline directory only
     # An optional document (a CRL) may be unavailable; verification then proceeds without it.
     optional: bool = False
+    # Tried in order when the vendor does not know ``url`` (404).
+    fallback_urls: tuple[str, ...] = ()
 
 
 class Platform(Protocol):

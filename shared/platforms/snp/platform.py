@@ -13,13 +13,13 @@ from datetime import datetime
 from threading import Lock
 from typing import Any
 
-from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from shared.errors import ParseError, VerificationError
 from shared.platforms.base import Appraisal, EndorsementRequest, EvidenceInfo, Violation
 from shared.platforms.snp import checks, kds
 from shared.platforms.snp.abi import Product, SigningKey, SnpReport, parse_report
-from shared.platforms.snp.certs import AmdRoots, VekKind, load_crl, vek_kind
+from shared.platforms.snp.certs import AmdRoots, VekKind, load_certificate, load_crl, vek_kind
 from shared.platforms.snp.chain import VerifiedVek, verify_vek_chain
 from shared.platforms.snp.evidence import decode_evidence
 from shared.platforms.snp.validate import MinimumTcb, SnpPolicy, claims, validate
@@ -33,9 +33,30 @@ _TCB_NAMES = ("bootloader", "tee", "snp", "microcode", "fmc")
 
 def _kind_of(der: bytes) -> VekKind | None:
     try:
-        return vek_kind(x509.load_der_x509_certificate(der))
-    except ValueError:
+        return vek_kind(load_certificate(der, "vek"))
+    except ParseError:
         return None
+
+
+def _v2_guess(raw: bytes) -> Product:
+    # Version 2 reports carry no CPUID. A chip id whose last 56 bytes are zero is Turin's 8-byte
+    # id; otherwise Milan, the v2-era product. The VEK's issuer settles it during verification.
+    chip_id = raw[0x1A0:0x1E0]
+    return Product.TURIN if any(chip_id[:8]) and not any(chip_id[8:]) else Product.MILAN
+
+
+def parse(raw: bytes, product: Product | None = None) -> SnpReport:
+    """parse_report, with a provisional product for version 2 reports when none is known."""
+    try:
+        return parse_report(raw, product)
+    except ParseError as err:
+        if err.reason != "parse.report.product":
+            raise
+        return parse_report(raw, _v2_guess(raw))
+
+
+def _has_cpuid(report: SnpReport) -> bool:
+    return report.cpuid_fam_id is not None
 
 
 def endorsement_cache_key(report: SnpReport) -> str:
@@ -61,6 +82,9 @@ class SnpPlatform:
     def __init__(self, roots: Mapping[Product, AmdRoots], kds_url: str = kds.DEFAULT_KDS_BASE) -> None:
         self.roots = dict(roots)
         self.kds_url = kds_url
+        self._ark_ids = {
+            product: r.ark.fingerprint(hashes.SHA256()).hex()[:16] for product, r in self.roots.items()
+        }
         # Verified VEK chains keyed by the exact VEK and CRL bytes: a warm chip costs one ECDSA
         # verify. Each use re-checks validity at the given time (VerifiedVek.check_valid_at).
         self._verdicts: OrderedDict[bytes, VerifiedVek] = OrderedDict()
@@ -69,7 +93,7 @@ class SnpPlatform:
     # -- intake ----------------------------------------------------------------------------
     def parse_evidence(self, primary_evidence: bytes) -> EvidenceInfo:
         evidence = decode_evidence(primary_evidence)
-        report = parse_report(evidence.report)
+        report = parse(evidence.report)
         carried = tuple(der for kind, der in evidence.certificates if kind in ("VCEK", "VLEK"))
         return EvidenceInfo(
             evidence=evidence.report,
@@ -81,18 +105,25 @@ class SnpPlatform:
 
     # -- endorsement -----------------------------------------------------------------------
     def endorsement_requests(self, evidence: bytes, carried: tuple[bytes, ...]) -> list[EndorsementRequest]:
-        report = parse_report(evidence)
+        report = parse(evidence)
         kind = _KIND_OF_SIGNER.get(report.signing_key)
         if kind is None:
             raise VerificationError(checks.SIGNING_KEY_MISMATCH, "the report names no signing key")
         requests: list[EndorsementRequest] = []
         if not any(_kind_of(der) is kind for der in carried):
-            url = kds.vcek_url(report.product, report.chip_id, report.reported_tcb, base=self.kds_url) if kind is VekKind.VCEK else ""
-            requests.append(EndorsementRequest(endorsement_cache_key(report), url))
+            url, fallbacks = "", ()
+            if kind is VekKind.VCEK:
+                url = kds.vcek_url(report.product, report.chip_id, report.reported_tcb, base=self.kds_url)
+                if not _has_cpuid(report) and report.product is Product.MILAN:
+                    # v2 without CPUID: if KDS does not know the chip as Milan, ask as Genoa.
+                    genoa = parse_report(evidence, Product.GENOA)
+                    fallbacks = (kds.vcek_url(Product.GENOA, genoa.chip_id, genoa.reported_tcb, base=self.kds_url),)
+            requests.append(EndorsementRequest(endorsement_cache_key(report), url, fallback_urls=fallbacks))
         kind_path = "vcek" if kind is VekKind.VCEK else "vlek"
         requests.append(
             EndorsementRequest(
-                f"crl:{kind_path}:{report.product.value}",
+                # Per pinned ARK: deployments (or a test vendor) sharing one Redis never mix CRLs.
+                f"crl:{kind_path}:{report.product.value}:{self._ark_ids.get(report.product, 'unpinned')}",
                 kds.crl_url(report.product, kind, base=self.kds_url),
                 optional=True,
             )
@@ -112,23 +143,22 @@ class SnpPlatform:
             if request.cache_key.startswith("crl:"):
                 next_update = load_crl(document).next_update_utc
                 return None if next_update is None else int((next_update - now).total_seconds())
-            cert = x509.load_der_x509_certificate(document)
+            cert = load_certificate(document, "vek")
             return int((cert.not_valid_after_utc - now).total_seconds())
         except (ValueError, ParseError):
             return 60  # unreadable: keep briefly; identity verification will reject it anyway
 
     # -- identity --------------------------------------------------------------------------
-    def _verified_vek(self, vek_der: bytes, crl_der: bytes, product: Product, now: datetime) -> VerifiedVek:
+    def _verified_vek(self, vek_der: bytes, crl_der: bytes, product: Product | None, now: datetime) -> VerifiedVek:
         key = hashlib.sha256(vek_der + b"\x00" + crl_der).digest()
         with self._lock:
             hit = self._verdicts.get(key)
         if hit is not None:
             return hit
         crl = load_crl(crl_der) if crl_der else None
-        roots = self.roots.get(product)
-        if roots is None:
+        if product is not None and product not in self.roots:
             raise VerificationError(checks.ARK_NOT_PINNED, f"no pinned ARK for {product.value}")
-        verified = verify_vek_chain(vek_der, roots, now, crl=crl, product=product, pinned=self.roots)
+        verified = verify_vek_chain(vek_der, self.roots, now, crl=crl, product=product, pinned=self.roots)
         with self._lock:
             self._verdicts[key] = verified
             if len(self._verdicts) > _VERDICT_CACHE_SIZE:
@@ -138,8 +168,10 @@ class SnpPlatform:
     def verify_identity(self, evidence: bytes, endorsement: list[bytes], now: datetime) -> dict[str, Any]:
         if len(endorsement) != 2:
             raise VerificationError("endorsement.chain_invalid", f"expected [VEK, CRL], got {len(endorsement)} items")
-        report = parse_report(evidence)
-        vek = self._verified_vek(endorsement[0], endorsement[1], report.product, now)
+        report = parse(evidence)
+        # Without CPUID (v2) the product is the VEK issuer's.
+        product = report.product if _has_cpuid(report) else None
+        vek = self._verified_vek(endorsement[0], endorsement[1], product, now)
         verified = verify_report_with_vek(evidence, vek, now)
         out = claims(verified.report)
         out["snp.vek.not_after"] = vek.not_after.isoformat()
@@ -148,7 +180,7 @@ class SnpPlatform:
 
     # -- measurement and policy ------------------------------------------------------------
     def appraise(self, evidence: bytes, references: dict[str, frozenset[str]]) -> Appraisal:
-        report = parse_report(evidence)
+        report = parse(evidence)
         policy = policy_from_references(references)
         found = validate(report, policy)
         vector = {
