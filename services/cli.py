@@ -66,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--nats", help="NATS URL")
     tail.add_argument("--history", action="store_true", help="start from the first kept decision")
 
+    verify = sub.add_parser("verify", help="verify evidence offline (outside the pipeline)")
+    verify_sub = verify.add_subparsers(dest="verify_tee", required=True)
+    vsnp = verify_sub.add_parser("snp", help="an AMD SEV-SNP report (raw 1184 bytes or guest evidence JSON)")
+    vsnp.add_argument("report")
+    vsnp.add_argument("--vek", help="the VCEK/VLEK (DER or PEM)")
+    vsnp.add_argument("--certs-dir", help="offline directory holding the VEK (and optionally a .crl)")
+    vsnp.add_argument("--kds", default="https://kdsintf.amd.com", help="AMD KDS base URL when no VEK is given")
+    vsnp.add_argument("--at", help="verification time, ISO 8601 (default: now)")
+    vsnp.add_argument("--json", action="store_true")
+    vsnp.add_argument("--roots-dir", help=argparse.SUPPRESS)  # test vendors only
+
     kds = sub.add_parser("kds", help="run the sample vendor's endorsement (key) server")
     kds.add_argument("--data-dir", help="holds sample-pki/ and enrolled device certificates in sample-kds/")
     kds.add_argument("--http", type=_host_port, default=("127.0.0.1", 8099), help="HOST:PORT (default 127.0.0.1:8099)")
@@ -407,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.command == "audit":
         return asyncio.run(cmd_audit_tail(args))
+    if args.command == "verify":
+        from services.verify_cli import main_verify
+
+        return main_verify(args)
     return asyncio.run(commands[args.command](args))
 
 
