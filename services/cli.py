@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tee", default="sample", choices=["sample", "snp"])
     bench.add_argument("--processes", type=int, default=1, help="server processes (0: in this process)")
 
+    bench_verify = sub.add_parser("bench-verify", help="benchmark: one SNP report (warm cache) vs one raw ECDSA P-384 verify")
+    bench_verify.add_argument("--iterations", type=int, default=2000)
+    bench_verify.add_argument("--json", action="store_true")
+
     resource = sub.add_parser("resource", help="provision a secret resource")
     resource.add_argument("action", choices=["put"])
     resource.add_argument("path", help="<repository>/<type>/<tag>")
@@ -418,6 +422,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.command == "audit":
         return asyncio.run(cmd_audit_tail(args))
+    if args.command == "bench-verify":
+        from services.bench_verify import run
+
+        result = run(args.iterations)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(
+                f"raw ECDSA P-384 verify {result['raw_ecdsa_p384_verify_us']} us; SNP report, warm cache "
+                f"{result['snp_report_warm_us']} us ({result['warm_over_raw']}x raw); cold {result['snp_report_cold_us']} us"
+            )
+        return 0
     if args.command == "verify":
         from services.verify_cli import main_verify
 
