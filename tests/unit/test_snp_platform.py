@@ -117,3 +117,49 @@ def test_appraisal_and_policy_from_reference_values(platform: SnpPlatform) -> No
 def test_malformed_evidence_is_a_parse_error(platform: SnpPlatform, evidence: bytes) -> None:
     with pytest.raises(ParseError):
         platform.parse_evidence(evidence)
+
+
+def _table(entries: list[tuple[bytes, bytes]]) -> bytes:
+    import struct
+
+    header_size = 24 * (len(entries) + 1)
+    header, blobs, offset = b"", b"", header_size
+    for guid, blob in entries:
+        header += struct.pack("<16sII", guid, offset, len(blob))
+        blobs += blob
+        offset += len(blob)
+    return header + bytes(24) + blobs
+
+
+def test_extended_report_certificate_table_carries_the_vcek(platform: SnpPlatform) -> None:
+    import uuid
+
+    from shared.platforms.snp.evidence import parse_cert_table
+
+    report, vek, _ = load("genoa_v3_trustee_e2e")
+    vcek_guid = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd").bytes
+    unknown = uuid.UUID("00000000-0000-0000-0000-000000000001").bytes
+    table = _table([(unknown, b"ignored"), (vcek_guid, vek)])
+    assert parse_cert_table(table) == (("VCEK", vek),)
+    doc = {"report": base64.b64encode(report).decode(), "cert_table": base64.b64encode(table).decode()}
+    assert platform.parse_evidence(json.dumps(doc).encode()).carried_endorsement == (vek,)
+    broken = bytearray(table)
+    broken[24 + 16 : 24 + 20] = (10_000).to_bytes(4, "little")  # offset past the end
+    with pytest.raises(ParseError):
+        parse_cert_table(bytes(broken))
+    with pytest.raises(ParseError):
+        parse_cert_table(table[:30])  # no terminating entry
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=2048), st.recursive(st.none() | st.integers() | st.text(max_size=20), lambda c: st.lists(c, max_size=5) | st.dictionaries(st.sampled_from(["report", "attestation_report", "cert_chain", "cert_table", "signature", "r"]), c, max_size=4)).map(lambda v: json.dumps(v).encode())))
+def test_any_evidence_bytes_only_raise_parse_error(evidence: bytes) -> None:
+    platform = SnpPlatform(pinned_roots())
+    try:
+        platform.parse_evidence(evidence)
+    except ParseError:
+        pass

@@ -7,6 +7,9 @@ Accepted shapes of KBS ``primary_evidence``:
   for byte, so its signature verifies over exactly what the firmware signed;
 - ``{"report": "<standard base64 of the raw report>", "cert_chain": ...}``;
 - a bare string: standard base64 of the raw report.
+``"cert_table"`` (standard base64 of the certificate table the firmware returns with an extended
+report: 24-byte entries {GUID, u32 offset, u32 length}, ended by a zero entry) may accompany the
+second shape, as a source of carried certificates.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import base64
 import binascii
 import json
 import struct
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +27,34 @@ from shared.platforms.snp.abi import REPORT_SIZE
 
 _MAX_CERTS = 8
 _MAX_CERT_BYTES = 16 * 1024
+_TABLE_ENTRY = struct.Struct("<16sII")
+# Certificate-table GUIDs (RFC 4122 byte order) and what each entry holds.
+TABLE_GUIDS = {
+    uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae").bytes: "ARK",
+    uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782").bytes: "ASK",
+    uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd").bytes: "VCEK",
+    uuid.UUID("a8074bc2-a25a-483e-aae6-39c045a0b8a1").bytes: "VLEK",
+    uuid.UUID("92f81bc3-5811-4d3d-97ff-d19f88dc67ea").bytes: "CRL",
+}
+
+
+def parse_cert_table(table: bytes) -> tuple[tuple[str, bytes], ...]:
+    """Entries of an extended report's certificate table; unknown GUIDs are ignored, every offset
+    and length is checked against the buffer."""
+    out: list[tuple[str, bytes]] = []
+    for index in range(_MAX_CERTS + 1):
+        start = index * _TABLE_ENTRY.size
+        if start + _TABLE_ENTRY.size > len(table):
+            raise ParseError("evidence.cert_table", "no terminating all-zero entry")
+        guid, offset, length = _TABLE_ENTRY.unpack_from(table, start)
+        if guid == bytes(16) and offset == 0 and length == 0:
+            return tuple(out)
+        if length == 0 or length > _MAX_CERT_BYTES or offset + length > len(table):
+            raise ParseError(f"evidence.cert_table[{index}]", f"offset {offset} length {length} outside the table")
+        kind = TABLE_GUIDS.get(guid)
+        if kind is not None:
+            out.append((kind, table[offset : offset + length]))
+    raise ParseError("evidence.cert_table", f"more than {_MAX_CERTS} entries")
 
 
 @dataclass(frozen=True)
@@ -155,5 +187,8 @@ def decode_evidence(primary_evidence: bytes) -> SnpEvidence:
     if "attestation_report" in doc:
         return SnpEvidence(report_from_json(doc["attestation_report"]), _certificates(doc.get("cert_chain")))
     if isinstance(doc.get("report"), str):
-        return SnpEvidence(_b64(doc["report"], "evidence.report"), _certificates(doc.get("cert_chain")))
+        carried = _certificates(doc.get("cert_chain"))
+        if isinstance(doc.get("cert_table"), str):
+            carried += parse_cert_table(_b64(doc["cert_table"], "evidence.cert_table"))
+        return SnpEvidence(_b64(doc["report"], "evidence.report"), carried)
     raise ParseError("evidence", 'expected {"attestation_report": ...} or {"report": "<base64>"}')
