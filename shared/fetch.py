@@ -102,10 +102,11 @@ class EndorsementFetcher:
                 raise EndorsementError("endorsement.too_large", f"{url}: body exceeds {limit} bytes")
         return bytes(body)
 
-    async def _attempt(self, url: str) -> bytes:
+    async def _attempt(self, url: str, keep_headers: tuple[str, ...] = ()) -> tuple[bytes, dict[str, str]]:
         async with self._client().get(url) as resp:
             if resp.status == 200:
-                return await self._read_body(resp, url)
+                kept = {name: resp.headers[name] for name in keep_headers if name in resp.headers}
+                return await self._read_body(resp, url), kept
             if resp.status == 404:
                 raise EndorsementError("endorsement.not_found", url)
             if resp.status == 429 or resp.status >= 500:
@@ -114,6 +115,11 @@ class EndorsementFetcher:
 
     async def get(self, url: str) -> bytes:
         """The body at ``url``; raises ``EndorsementError`` with a stable reason on failure."""
+        body, _ = await self.get_with_headers(url)
+        return body
+
+    async def get_with_headers(self, url: str, keep_headers: tuple[str, ...] = ()) -> tuple[bytes, dict[str, str]]:
+        """The body and the named response headers (e.g. Intel's issuer chains) at ``url``."""
         if not isinstance(url, str):
             raise EndorsementError("endorsement.fetch_failed", f"URL must be str, got {type(url).__name__}")
         last = "no attempt made"
@@ -121,7 +127,7 @@ class EndorsementFetcher:
             retry_after_s: float | None = None
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    return await self._attempt(url)
+                    return await self._attempt(url, keep_headers)
             except _Transient as exc:
                 last, retry_after_s = exc.detail, exc.retry_after_s
             except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, aiohttp.ClientResponseError) as exc:

@@ -14,7 +14,7 @@ from services.common import StageContext, next_stage, reject
 from shared import schemas
 from shared.bus import Publish
 from shared.errors import EndorsementError, RemitsError
-from shared.platforms.base import EndorsementRequest, Platform
+from shared.platforms.base import EndorsementRequest, Platform, encode_document
 
 STAGE = "endorse"
 _LOCK_TTL_S = 30.0
@@ -28,12 +28,30 @@ def offline_path(directory: Path, tee: str, cache_key: str) -> Path:
     return directory / tee / _UNSAFE.sub("_", cache_key)
 
 
+def read_offline(directory: Path, tee: str, request: EndorsementRequest) -> bytes | None:
+    """The document from an offline directory, in the same form a fetch would have stored it."""
+    if not request.offline_parts:
+        path = offline_path(directory, tee, request.cache_key)
+        return path.read_bytes() if path.is_file() else None
+    parts: dict[str, bytes] = {}
+    for part, relative in request.offline_parts:
+        path = directory / relative
+        if not path.is_file():
+            if part == "body":
+                return None
+            continue  # an optional header part (e.g. a chain the body's chain stands in for)
+        parts[part] = path.read_bytes()
+    body = parts.pop("body")
+    if not request.headers:
+        return body
+    return encode_document(body, {name: value.decode() for name, value in parts.items()})
+
+
 async def _read_offline(ctx: StageContext, tee: str, request: EndorsementRequest) -> bytes | None:
     directory = ctx.settings.offline_endorsements_dir
     if directory is None:
         return None
-    path = offline_path(directory, tee, request.cache_key)
-    return await asyncio.to_thread(lambda: path.read_bytes() if path.is_file() else None)
+    return await asyncio.to_thread(read_offline, directory, tee, request)
 
 
 async def obtain_document(ctx: StageContext, platform: Platform, request: EndorsementRequest) -> tuple[bytes, str]:
@@ -65,7 +83,7 @@ async def obtain_document(ctx: StageContext, platform: Platform, request: Endors
             raise EndorsementError("endorsement.unavailable", f"timed out waiting for {request.url}")
     try:
         try:
-            document = await _fetch_first_known(ctx, (request.url, *request.fallback_urls))
+            document = await _fetch_first_known(ctx, request)
         except EndorsementError as err:
             if err.reason == "endorsement.not_found":
                 # Negative cache, short: a fleet of unknown chips must not hammer the vendor.
@@ -81,14 +99,18 @@ async def obtain_document(ctx: StageContext, platform: Platform, request: Endors
         await ctx.store.release_lock(f"fetch:{tee}:{request.cache_key}", token)
 
 
-async def _fetch_first_known(ctx: StageContext, urls: tuple[str, ...]) -> bytes:
-    for url in urls[:-1]:
+async def _fetch_first_known(ctx: StageContext, request: EndorsementRequest) -> bytes:
+    """The first URL the vendor knows; with the response headers that belong to the document."""
+    urls = (request.url, *request.fallback_urls)
+    for index, url in enumerate(urls):
         try:
-            return await ctx.fetcher.get(url)
+            body, headers = await ctx.fetcher.get_with_headers(url, request.headers)
         except EndorsementError as err:
-            if err.reason != "endorsement.not_found":
+            if err.reason != "endorsement.not_found" or index == len(urls) - 1:
                 raise
-    return await ctx.fetcher.get(urls[-1])
+            continue
+        return encode_document(body, headers) if request.headers else body
+    raise EndorsementError("endorsement.not_found", request.cache_key)
 
 
 async def _obtain_or_none(ctx: StageContext, platform: Platform, request: EndorsementRequest) -> tuple[bytes | None, str]:

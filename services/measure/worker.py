@@ -25,7 +25,7 @@ def make_handler(ctx: StageContext):
             for name in platform.reference_names
         }
         try:
-            appraisal = platform.appraise(message.evidence, references)
+            appraisal = platform.appraise(message.evidence, message.claims, references)
         except RemitsError as err:
             return [reject(message.meta, STAGE, err)]
         if appraisal.violations:

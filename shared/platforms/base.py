@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import msgspec
+
+from shared.errors import ParseError
+
 
 @dataclass(frozen=True)
 class EvidenceInfo:
@@ -48,6 +52,28 @@ class EndorsementRequest:
     optional: bool = False
     # Tried in order when the vendor does not know ``url`` (404).
     fallback_urls: tuple[str, ...] = ()
+    # Response headers that are part of the document (Intel sends issuer chains in headers). When
+    # set, the stored document is ``encode_document(body, headers)``.
+    headers: tuple[str, ...] = ()
+    # Files of an offline directory that make up the document, as (part, relative path) pairs;
+    # part "body" or a header name. Empty: one file named after the cache key.
+    offline_parts: tuple[tuple[str, str], ...] = ()
+
+
+def encode_document(body: bytes, headers: dict[str, str]) -> bytes:
+    """A fetched body together with the response headers that belong to it, as one cacheable blob."""
+    return msgspec.msgpack.encode({"body": body, "headers": headers})
+
+
+def decode_document(document: bytes) -> tuple[bytes, dict[str, str]]:
+    try:
+        doc = msgspec.msgpack.decode(document, type=dict[str, bytes | dict[str, str]])
+        body, headers = doc["body"], doc["headers"]
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
+        raise ParseError("endorsement.document", f"not a stored document: {exc}") from None
+    if not isinstance(body, bytes) or not isinstance(headers, dict):
+        raise ParseError("endorsement.document", "not a stored document")
+    return body, headers
 
 
 class Platform(Protocol):
@@ -67,4 +93,6 @@ class Platform(Protocol):
 
     def verify_identity(self, evidence: bytes, endorsement: list[bytes], now: datetime) -> dict[str, Any]: ...
 
-    def appraise(self, evidence: bytes, references: dict[str, frozenset[str]]) -> Appraisal: ...
+    def appraise(
+        self, evidence: bytes, claims: dict[str, Any], references: dict[str, frozenset[str]]
+    ) -> Appraisal: ...

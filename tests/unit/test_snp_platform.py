@@ -98,12 +98,13 @@ def test_document_ttl_follows_certificate_validity(platform: SnpPlatform) -> Non
 def test_appraisal_and_policy_from_reference_values(platform: SnpPlatform) -> None:
     report, _, expected = load("genoa_v3_trustee_e2e")
     measurement = expected["report"]["measurement"]
-    ok = platform.appraise(report, {"measurement": frozenset({measurement})})
+    ok = platform.appraise(report, {}, {"measurement": frozenset({measurement})})
     assert ok.violations == [] and ok.vector["executables"] == 2 and ok.vector["runtime-opaque"] == 2
-    unknown = platform.appraise(report, {})
+    unknown = platform.appraise(report, {}, {})
     assert unknown.violations == [] and unknown.vector["executables"] == 33
     bad = platform.appraise(
         report,
+        {},
         {"measurement": frozenset({"00" * 48}), "min_tcb.snp": frozenset({"200"}), "host_data": frozenset({"11" * 32})},
     )
     assert {v.field for v in bad.violations} == {"measurement", "reported_tcb.snp", "host_data"}

@@ -119,7 +119,9 @@ class SamplePlatform:
         return validate.claims(report)
 
     # -- measurement and policy ------------------------------------------------------------
-    def appraise(self, evidence: bytes, references: dict[str, frozenset[str]]) -> Appraisal:
+    def appraise(
+        self, evidence: bytes, claims: dict[str, Any], references: dict[str, frozenset[str]]
+    ) -> Appraisal:
         report = abi.parse_report(evidence)
         measurements = references.get("measurement", frozenset())
         vector = {"instance-identity": 2, "hardware": 2, "configuration": 2, "executables": 2}

@@ -179,7 +179,9 @@ class SnpPlatform:
         return out
 
     # -- measurement and policy ------------------------------------------------------------
-    def appraise(self, evidence: bytes, references: dict[str, frozenset[str]]) -> Appraisal:
+    def appraise(
+        self, evidence: bytes, claims: dict[str, Any], references: dict[str, frozenset[str]]
+    ) -> Appraisal:
         report = parse(evidence)
         policy = policy_from_references(references)
         found = validate(report, policy)
