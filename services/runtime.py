@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from services.audit.worker import run_audit
 from services.common import StageContext, make_dead_letter_handler
@@ -33,6 +35,8 @@ from shared.platforms.sample.platform import SamplePlatform
 from shared.platforms.snp.abi import Product
 from shared.platforms.snp.certs import AmdRoots, load_roots, pinned_roots
 from shared.platforms.snp.platform import SnpPlatform
+from shared.platforms.tdx import pinned_root_der
+from shared.platforms.tdx.platform import DcapPlatform
 from shared.telemetry import configure_logging, configure_tracing, get_logger
 
 log = get_logger("remits.runtime")
@@ -69,10 +73,24 @@ def snp_roots(settings: Settings) -> dict[Product, AmdRoots]:
 
 def build_platforms(settings: Settings) -> dict[str, Platform]:
     pki = VendorPKI.load(settings.sample_pki_dir)
+    intel_root = dcap_root_der(settings)
+    dcap = {
+        tee: DcapPlatform(tee, intel_root, settings.dcap_pcs_url, require_crls=settings.dcap_require_crls)
+        for tee in ("tdx", "sgx")
+    }
     return {
         "sample": SamplePlatform(pki.root_cert, settings.sample_kds_url),
         "snp": SnpPlatform(snp_roots(settings), settings.snp_kds_url),
+        **dcap,
     }
+
+
+def dcap_root_der(settings: Settings) -> bytes:
+    """The pinned Intel SGX Root CA, or (tests and demos only) a test vendor's root."""
+    if settings.dcap_root_ca_path is None:
+        return pinned_root_der()
+    cert = x509.load_pem_x509_certificate(settings.dcap_root_ca_path.read_bytes())
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 @dataclass

@@ -50,6 +50,12 @@ class Settings:
     # Replaces the pinned AMD roots (<dir>/<milan|genoa|turin>/{ark,ask,asvk}.pem). For test
     # vendors (the SNP demo) only: never point this at roots a host or guest supplied.
     snp_roots_dir: Path | None = None
+    # Intel PCS, or a PCCS (same v4 API), for TDX/SGX collateral.
+    dcap_pcs_url: str = "https://api.trustedservices.intel.com"
+    # Replaces the pinned Intel SGX Root CA (PEM file). For test vendors (the TDX demo) only.
+    dcap_root_ca_path: Path | None = None
+    # Intel always publishes the PCK and root CA CRLs; verifying without them is an explicit choice.
+    dcap_require_crls: bool = True
     # Admin token for provisioning resources over HTTP; empty disables the admin API (fail closed).
     admin_token: str = ""
     service_name: str = "remits"
@@ -73,9 +79,12 @@ class Settings:
             offline_endorsements_dir=_optional_path(_env("OFFLINE_ENDORSEMENTS_DIR", "")),
             snp_kds_url=_env("SNP_KDS_URL", cls.snp_kds_url),
             snp_roots_dir=_optional_path(_env("SNP_ROOTS_DIR", "")),
+            dcap_pcs_url=_env("DCAP_PCS_URL", cls.dcap_pcs_url),
+            dcap_root_ca_path=_optional_path(_env("DCAP_ROOT_CA_PATH", "")),
+            dcap_require_crls=_env("DCAP_REQUIRE_CRLS", "true").lower() not in ("0", "false", "no"),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
-        for name in ("data_dir", "offline_endorsements_dir", "snp_roots_dir"):
+        for name in ("data_dir", "offline_endorsements_dir", "snp_roots_dir", "dcap_root_ca_path"):
             if name in clean:
                 clean[name] = Path(str(clean[name]))
         return dataclasses.replace(base, **clean)  # type: ignore[arg-type]

@@ -37,7 +37,7 @@ KNOWN_TEES: Final = frozenset(
     }
 )
 # TEEs this service has a verifier for; grows as verifiers land ("snp", "tdx").
-SUPPORTED_TEES: Final = frozenset({"sample", "snp"})
+SUPPORTED_TEES: Final = frozenset({"sample", "snp", "tdx", "sgx"})
 
 ERROR_TYPE_PREFIX: Final = "https://github.com/confidential-containers/kbs/errors/"
 # Variants the reference server emits; clients switch on them, so keep the same names.

@@ -10,12 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from shared.errors import ParseError, VerificationError
 from shared.platforms.base import Violation
 from shared.platforms.tdx.abi import EnclaveReport, Quote, TdReport
 from shared.platforms.tdx.tcb import TcbStatus
 from shared.platforms.tdx.verify import VerifiedQuote
+
+class TcbVerdict(Protocol):
+    """What policy needs of a verification: the quote it covered and its TCB outcome.
+    ``VerifiedQuote`` is one; the pipeline rebuilds one from its verified claims."""
+
+    @property
+    def quote(self) -> Quote: ...
+
+    @property
+    def tcb_status(self) -> str: ...
+
+    @property
+    def advisory_ids(self) -> tuple[str, ...]: ...
+
 
 DEFAULT_ACCEPTED = frozenset({TcbStatus.UP_TO_DATE.value})
 # Statuses a relying party may choose to live with. Revoked, TcbNotSupported and
@@ -114,7 +129,7 @@ def _exact(name: str, got: bytes, want: bytes | None) -> Violation | None:
 
 
 def _tcb_violations(
-    prefix: str, verified: VerifiedQuote, accepted: frozenset[str], rejected: frozenset[str]
+    prefix: str, verified: TcbVerdict, accepted: frozenset[str], rejected: frozenset[str]
 ) -> list[Violation]:
     out = []
     if verified.tcb_status not in accepted:
@@ -129,13 +144,13 @@ def _tcb_violations(
     return out
 
 
-def _same_quote(quote: Quote, verified: VerifiedQuote) -> None:
+def _same_quote(quote: Quote, verified: TcbVerdict) -> None:
     # Policy must read the very quote whose signature was checked.
     if quote.signed_data != verified.quote.signed_data:
         raise VerificationError("tdx.quote_mismatch", "the quote is not the one that was verified")
 
 
-def validate_tdx(quote: Quote, verified: VerifiedQuote, policy: TdxPolicy) -> list[Violation]:
+def validate_tdx(quote: Quote, verified: TcbVerdict, policy: TdxPolicy) -> list[Violation]:
     _same_quote(quote, verified)
     if not isinstance(quote.body, TdReport):
         return [Violation("tdx.quote.header.tee_type", f"{quote.header.tee_type:#x}", "0x81 (TDX)")]
@@ -158,7 +173,7 @@ def validate_tdx(quote: Quote, verified: VerifiedQuote, policy: TdxPolicy) -> li
     return found
 
 
-def validate_sgx(quote: Quote, verified: VerifiedQuote, policy: SgxPolicy) -> list[Violation]:
+def validate_sgx(quote: Quote, verified: TcbVerdict, policy: SgxPolicy) -> list[Violation]:
     _same_quote(quote, verified)
     if not isinstance(quote.body, EnclaveReport):
         return [Violation("sgx.quote.header.tee_type", f"{quote.header.tee_type:#x}", "0x0 (SGX)")]
@@ -180,7 +195,7 @@ def validate_sgx(quote: Quote, verified: VerifiedQuote, policy: SgxPolicy) -> li
     return found
 
 
-def validate(quote: Quote, verified: VerifiedQuote, policy: TdxPolicy | SgxPolicy) -> list[Violation]:
+def validate(quote: Quote, verified: TcbVerdict, policy: TdxPolicy | SgxPolicy) -> list[Violation]:
     """All violations of ``policy`` (empty list = acceptable)."""
     if isinstance(policy, TdxPolicy):
         return validate_tdx(quote, verified, policy)
