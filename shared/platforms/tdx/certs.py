@@ -11,6 +11,7 @@ import binascii
 import string
 import warnings
 from collections.abc import Sequence
+from functools import lru_cache
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -76,6 +77,17 @@ def _read_certificates(raw: bytes) -> tuple[x509.Certificate, ...]:
 
 def load_certificates(data: bytes | str, field: str = "certificates") -> tuple[x509.Certificate, ...]:
     """Every certificate in a PEM bundle or in back-to-back DER; at least one."""
+    if isinstance(data, (bytes, str)):
+        return _load_certificates_cached(data, field)  # the same chains recur for every quote
+    return _load_certificates(data, field)
+
+
+@lru_cache(maxsize=4096)
+def _load_certificates_cached(data: bytes | str, field: str) -> tuple[x509.Certificate, ...]:
+    return _load_certificates(data, field)
+
+
+def _load_certificates(data: bytes | str, field: str) -> tuple[x509.Certificate, ...]:
     raw = _as_bytes(data, field)
     try:
         with warnings.catch_warnings():

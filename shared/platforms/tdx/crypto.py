@@ -7,6 +7,7 @@ can record each check's outcome separately instead of stopping at the first prob
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -17,6 +18,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from shared.platforms.tdx.certs import subject
 
 _COORD = 32
+# Certificate links, CRL signatures and document signatures are pure functions of their inputs and
+# the same few values recur for every quote of a fleet (one PCK CA, one TCB signing certificate,
+# one TCB Info per FMSPC): remembering the verdicts, keyed by the exact bytes, keeps warm quotes to
+# the one signature that cannot be cached, the quote's own.
+_VERDICTS = 4096
 
 
 def p256_key_from_raw(raw: bytes) -> ec.EllipticCurvePublicKey | None:
@@ -39,6 +45,16 @@ def p256_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey | None:
     return None
 
 
+@lru_cache(maxsize=_VERDICTS)
+def cert_signature_problem(signer: x509.Certificate, signature: bytes, message: bytes) -> str | None:
+    """``verify_raw_signature`` by the P-256 key of ``signer``, remembered (signed documents and
+    the QE report recur unchanged for every quote of a platform)."""
+    key = p256_key(signer)
+    if key is None:
+        return f"{subject(signer)} has no EC P-256 key"
+    return verify_raw_signature(key, signature, message)
+
+
 def verify_raw_signature(key: ec.EllipticCurvePublicKey, signature: bytes, message: bytes) -> str | None:
     """ECDSA-SHA256 with the raw r || s signature form quotes and PCS documents use."""
     if len(signature) != 2 * _COORD:
@@ -52,6 +68,7 @@ def verify_raw_signature(key: ec.EllipticCurvePublicKey, signature: bytes, messa
     return None
 
 
+@lru_cache(maxsize=_VERDICTS)
 def issued_by(child: x509.Certificate, issuer: x509.Certificate) -> str | None:
     """Name chaining and signature of one link."""
     try:
@@ -93,6 +110,21 @@ def validity_problem(cert: x509.Certificate, now: datetime) -> str | None:
 
 def crl_problem(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> str | None:
     """The CRL names ``issuer`` and carries its valid signature (time is checked separately)."""
+    # Keyed by exactly what the signature covers plus the signature (a CRL is not hashable).
+    key = (crl.tbs_certlist_bytes, crl.signature, issuer)
+    if key in _crl_verdicts:
+        return _crl_verdicts[key]
+    verdict = _crl_problem(crl, issuer)
+    if len(_crl_verdicts) >= _VERDICTS:
+        _crl_verdicts.clear()
+    _crl_verdicts[key] = verdict
+    return verdict
+
+
+_crl_verdicts: dict[tuple[bytes, bytes, x509.Certificate], str | None] = {}
+
+
+def _crl_problem(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> str | None:
     if crl.issuer != issuer.subject:
         return f"CRL issued by {crl.issuer.rfc4514_string()}, expected {subject(issuer)}"
     key = p256_key(issuer)

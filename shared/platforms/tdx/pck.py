@@ -9,6 +9,7 @@ Everything the TCB rule needs (FMSPC, PCE ID, the 16 component SVNs, PCESVN) mus
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cryptography import x509
 
@@ -161,6 +162,7 @@ def parse_sgx_extension(der: bytes) -> PckExtension:
     )
 
 
+@lru_cache(maxsize=4096)  # certificates are immutable and hash by their DER
 def pck_extension(cert: x509.Certificate) -> PckExtension:
     """The SGX extension of a PCK leaf; ``ParseError("pck.sgx_extension")`` when absent or malformed."""
     try:

@@ -13,8 +13,10 @@ import base64
 import binascii
 import hashlib
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from threading import Lock
 from typing import Any
 
 import msgspec
@@ -31,7 +33,7 @@ from shared.platforms.base import (
 from shared.platforms.tdx import pcs
 from shared.platforms.tdx.abi import CertificationDataType, EnclaveReport, Quote, TdReport, parse_quote
 from shared.platforms.tdx.certs import load_certificates, load_crl, order_chain
-from shared.platforms.tdx.collateral import load_collateral, parse_qe_identity, parse_tcb_info
+from shared.platforms.tdx.collateral import Collateral, load_collateral, parse_qe_identity, parse_tcb_info
 from shared.platforms.tdx.eventlog import parse_event_log, verify_rtmrs
 from shared.platforms.tdx.pck import pck_extension
 from shared.platforms.tdx.validate import ACCEPTABLE, SgxPolicy, TdxPolicy, validate
@@ -40,6 +42,7 @@ from shared.platforms.tdx.verify import verify_quote
 
 _MAX_EVENTS_IN_CLAIMS = 256
 MR_SIZE = 48
+_PARSED_CACHE_SIZE = 1024
 
 
 class _Evidence(msgspec.Struct):
@@ -149,6 +152,8 @@ class DcapPlatform:
         )
         # Collateral cache keys are per pinned root, so a test vendor sharing Redis never mixes in.
         self._root_id = hashlib.sha256(root_ca_der).hexdigest()[:16]
+        self._parsed: OrderedDict[bytes, Collateral] = OrderedDict()
+        self._lock = Lock()
 
     # -- intake ----------------------------------------------------------------------------
     def parse_evidence(self, primary_evidence: bytes) -> EvidenceInfo:
@@ -226,7 +231,22 @@ class DcapPlatform:
             return 60  # unreadable: keep briefly; identity verification rejects it anyway
 
     # -- identity --------------------------------------------------------------------------
-    def _collateral(self, endorsement: list[bytes]):  # type: ignore[no-untyped-def]
+    def _collateral(self, endorsement: list[bytes]) -> Collateral:
+        """Parsed collateral, once per distinct set of documents (it only changes at next update)."""
+        if len(endorsement) != 4:
+            raise VerificationError("endorsement.chain_invalid", f"expected 4 collateral documents, got {len(endorsement)}")
+        key = hashlib.sha256(b"\x00".join(hashlib.sha256(d).digest() for d in endorsement)).digest()
+        with self._lock:
+            cached = self._parsed.get(key)
+        if cached is None:
+            cached = self._parse_collateral(endorsement)
+            with self._lock:
+                self._parsed[key] = cached
+                if len(self._parsed) > _PARSED_CACHE_SIZE:
+                    self._parsed.popitem(last=False)
+        return cached
+
+    def _parse_collateral(self, endorsement: list[bytes]) -> Collateral:
         if len(endorsement) != 4:
             raise VerificationError("endorsement.chain_invalid", f"expected 4 collateral documents, got {len(endorsement)}")
         tcb_body, tcb_headers = decode_document(endorsement[0])

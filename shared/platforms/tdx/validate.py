@@ -18,6 +18,7 @@ from shared.platforms.tdx.abi import EnclaveReport, Quote, TdReport
 from shared.platforms.tdx.tcb import TcbStatus
 from shared.platforms.tdx.verify import VerifiedQuote
 
+
 class TcbVerdict(Protocol):
     """What policy needs of a verification: the quote it covered and its TCB outcome.
     ``VerifiedQuote`` is one; the pipeline rebuilds one from its verified claims."""

@@ -323,10 +323,7 @@ def _check_crls(
 
 
 def _document_signature(signer: x509.Certificate, body: bytes, signature: bytes) -> str | None:
-    key = crypto.p256_key(signer)
-    if key is None:
-        return f"{subject(signer)} has no EC P-256 key"
-    return crypto.verify_raw_signature(key, signature, body)
+    return crypto.cert_signature_problem(signer, bytes(signature), bytes(body))
 
 
 def _check_collateral_signatures(
@@ -424,14 +421,10 @@ def _check_quote(rec: _Recorder, quote: Quote, chain: PckChain | None, collatera
     if chain is None:
         rec.skip(c.QE_REPORT_SIGNATURE, "not evaluated: no PCK certificate")
     else:
-        leaf_key = crypto.p256_key(chain.leaf)
+        leaf = chain.leaf
         rec.run(
             c.QE_REPORT_SIGNATURE,
-            lambda: (
-                "the PCK leaf has no EC P-256 key"
-                if leaf_key is None
-                else crypto.verify_raw_signature(leaf_key, quote.qe.report_signature, quote.qe.report.raw)
-            ),
+            lambda: crypto.cert_signature_problem(leaf, bytes(quote.qe.report_signature), bytes(quote.qe.report.raw)),
         )
     digest = hashlib.sha256(quote.attestation_key + quote.qe.auth_data).digest()
     rec.run(
