@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run a simulated fleet through the HTTP KBS flow")
     demo.add_argument("--fleet", type=int, default=50)
     demo.add_argument("--bad", type=int, default=5)
-    demo.add_argument("--tee", default="sample", choices=["sample", "snp"])
+    demo.add_argument("--tee", default="sample", choices=["sample", "snp", "tdx"])
     demo.add_argument("--json", action="store_true", help="one JSON object on stdout")
     demo.add_argument("--concurrency", type=int, default=100)
     demo.add_argument("--processes", type=int, default=1, help="server processes (0: in this process)")
@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     vsnp.add_argument("--at", help="verification time, ISO 8601 (default: now)")
     vsnp.add_argument("--json", action="store_true")
     vsnp.add_argument("--roots-dir", help=argparse.SUPPRESS)  # test vendors only
+    from services.verify_tdx_cli import add_verify_parsers
+
+    add_verify_parsers(verify_sub)
 
     kds = sub.add_parser("kds", help="run the sample vendor's endorsement (key) server")
     kds.add_argument("--data-dir", help="holds sample-pki/ and enrolled device certificates in sample-kds/")
@@ -86,11 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--concurrency", type=int, default=64)
     bench.add_argument("--json", action="store_true")
-    bench.add_argument("--tee", default="sample", choices=["sample", "snp"])
+    bench.add_argument("--tee", default="sample", choices=["sample", "snp", "tdx"])
     bench.add_argument("--processes", type=int, default=1, help="server processes (0: in this process)")
 
     bench_verify = sub.add_parser("bench-verify", help="benchmark: one SNP report (warm cache) vs one raw ECDSA P-384 verify")
     bench_verify.add_argument("--iterations", type=int, default=2000)
+    bench_verify.add_argument("--tee", default="snp", choices=["snp", "tdx"])
     bench_verify.add_argument("--json", action="store_true")
 
     resource = sub.add_parser("resource", help="provision a secret resource")
@@ -223,6 +227,17 @@ async def _simulated_vendor(args: argparse.Namespace, settings: Settings):  # ty
         await kds.start()
         extra = {"snp_roots_dir": roots.parent, "snp_kds_url": kds.base_url}
         return SnpFleet(kds), kds, extra
+    if args.tee == "tdx":
+        from services.demo.fleet import TdxFleet
+        from services.demo.local_pcs import LocalPcs
+        from services.demo.tdx_sim import SimulatedIntel
+
+        intel = await asyncio.to_thread(SimulatedIntel.generate)
+        root = settings.data_dir / "tdx-test-root.pem"
+        root.write_bytes(intel.root_pem)
+        pcs_server = LocalPcs.from_simulated(intel)
+        await pcs_server.start()
+        return TdxFleet(intel), pcs_server, {"dcap_root_ca_path": root, "dcap_pcs_url": pcs_server.base_url}
     pki, kds = await _local_kds(settings)
     return SampleFleet(pki, kds), kds, {"sample_kds_url": kds.base_url}
 
@@ -277,9 +292,11 @@ async def _spawn_server(settings: Settings, port: int, log_path: Path) -> asynci
         "--http", f"127.0.0.1:{port}", "--kds", settings.sample_kds_url,
         "--data-dir", str(settings.data_dir), "--reuse-port",
     ]
-    env = dict(os.environ, REMITS_SNP_KDS_URL=settings.snp_kds_url)
+    env = dict(os.environ, REMITS_SNP_KDS_URL=settings.snp_kds_url, REMITS_DCAP_PCS_URL=settings.dcap_pcs_url)
     if settings.snp_roots_dir is not None:
         env["REMITS_SNP_ROOTS_DIR"] = str(settings.snp_roots_dir)
+    if settings.dcap_root_ca_path is not None:
+        env["REMITS_DCAP_ROOT_CA_PATH"] = str(settings.dcap_root_ca_path)
     log = open(log_path, "wb")  # noqa: ASYNC230 - handed to the child, closed right after
     proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=log, env=env)
     log.close()
@@ -423,6 +440,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return asyncio.run(cmd_audit_tail(args))
     if args.command == "bench-verify":
+        if args.tee == "tdx":
+            from services.bench_verify_tdx import run as run_tdx
+
+            result = run_tdx(args.iterations)
+            if args.json:
+                print(json.dumps(result))
+            else:
+                print(
+                    f"two raw ECDSA P-256 verifies {result['raw_two_ecdsa_p256_verifies_us']} us; TDX quote: "
+                    f"warm {result['tdx_quote_warm_us']} us ({result['warm_over_raw']}x), "
+                    f"verify_quote repeated {result['tdx_quote_verify_quote_repeat_us']} us, cold {result['tdx_quote_cold_us']} us"
+                )
+            return 0
         from services.bench_verify import run
 
         result = run(args.iterations)
@@ -435,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     if args.command == "verify":
+        if args.verify_tee in ("tdx", "sgx"):
+            from services.verify_tdx_cli import main_verify_dcap
+
+            return main_verify_dcap(args)
         from services.verify_cli import main_verify
 
         return main_verify(args)

@@ -19,8 +19,10 @@ import aiohttp
 
 from services.demo.client import GuestClient, sample_evidence, snp_evidence
 from services.demo.snp_sim import LocalAmdKds, SimulatedSnpGuest
+from services.demo.tdx_sim import SimulatedIntel, SimulatedTdxPlatform
 from shared.cache import Store
 from shared.ear import submod_status
+from shared.kbs.binding import expected_report_data
 from shared.platforms.sample.endorsement_server import LocalEndorsementServer
 from shared.platforms.sample.pki import SimulatedDevice, VendorPKI
 
@@ -45,6 +47,7 @@ class FleetTee(Protocol):
     """What the fleet needs from one simulated TEE kind."""
 
     tee: str
+    reference_name: str  # the reference-value set that holds the approved launch measurement
 
     def new_guest(self, kind: str) -> Any: ...
 
@@ -56,6 +59,7 @@ class SampleFleet:
     pki: VendorPKI
     kds: LocalEndorsementServer
     tee: str = "sample"
+    reference_name: str = "measurement"
 
     def new_guest(self, kind: str) -> SimulatedDevice:
         measurement = OTHER_IMAGE_MEASUREMENT if kind == "wrong_measurement" else DEMO_IMAGE_MEASUREMENT
@@ -73,6 +77,7 @@ class SampleFleet:
 class SnpFleet:
     kds: LocalAmdKds
     tee: str = "snp"
+    reference_name: str = "measurement"
 
     def new_guest(self, kind: str) -> SimulatedSnpGuest:
         measurement = OTHER_IMAGE_MEASUREMENT if kind == "wrong_measurement" else DEMO_IMAGE_MEASUREMENT
@@ -85,8 +90,39 @@ class SnpFleet:
         return snp_evidence(guest, nonce, tee_pubkey, tamper=tamper)
 
 
-async def provision(store: Store, tee: str, secret: bytes) -> None:
-    await store.add_reference_values(tee, "measurement", [DEMO_IMAGE_MEASUREMENT.hex()])
+UNKNOWN_FMSPC = bytes.fromhex("00000000dead")
+
+
+@dataclass
+class TdxFleet:
+    """Simulated TDX machines; an "unknown device" is a platform whose FMSPC the PCS does not know."""
+
+    intel: SimulatedIntel
+    tee: str = "tdx"
+    reference_name: str = "mr_td"
+    _platforms: dict[bool, SimulatedTdxPlatform] | None = None
+
+    def new_guest(self, kind: str) -> tuple[SimulatedTdxPlatform, bytes]:
+        if self._platforms is None:
+            # One machine per known/unknown FMSPC: a fleet of TDs on a few hosts, as in a cloud.
+            self._platforms = {
+                True: SimulatedTdxPlatform.create(self.intel),
+                False: SimulatedTdxPlatform.create(self.intel, fmspc=UNKNOWN_FMSPC),
+            }
+        machine = self._platforms[kind != "unknown_device"]
+        mr_td = OTHER_IMAGE_MEASUREMENT if kind == "wrong_measurement" else DEMO_IMAGE_MEASUREMENT
+        return machine, mr_td
+
+    def evidence(self, guest: tuple[SimulatedTdxPlatform, bytes], nonce: str, tee_pubkey: dict[str, str], *, tamper: bool) -> Any:
+        machine, mr_td = guest
+        quote = bytearray(machine.make_quote(expected_report_data(nonce, tee_pubkey), mr_td=mr_td, rtmrs=[bytes(48)] * 4))
+        if tamper:
+            quote[48 + 136] ^= 0x01  # one bit of MRTD in the TD report body, after signing
+        return {"cc_eventlog": None, "quote": base64.b64encode(bytes(quote)).decode()}
+
+
+async def provision(store: Store, platform: FleetTee, secret: bytes) -> None:
+    await store.add_reference_values(platform.tee, platform.reference_name, [DEMO_IMAGE_MEASUREMENT.hex()])
     await store.put_resource(DEMO_RESOURCE, secret)
 
 
@@ -170,7 +206,7 @@ async def run_fleet(
     if not 0 <= bad <= fleet:
         raise ValueError("--bad must be between 0 and --fleet")
     secret = os.urandom(32)
-    await provision(store, platform.tee, secret)
+    await provision(store, platform, secret)
     kinds = plan_fleet(fleet, bad)
     devices = [platform.new_guest(kind) for kind in kinds]
     captured: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

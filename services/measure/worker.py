@@ -11,6 +11,8 @@ from shared.bus import Publish
 from shared.errors import RemitsError
 
 STAGE = "measure"
+# Violations of these fields mean "this is not an approved image", whatever the TEE.
+MEASUREMENT_FIELDS = frozenset({"measurement", "tdx.quote.body.mr_td", "sgx.quote.body.mr_enclave"})
 
 
 def make_handler(ctx: StageContext):
@@ -30,7 +32,11 @@ def make_handler(ctx: StageContext):
             return [reject(message.meta, STAGE, err)]
         if appraisal.violations:
             fields = [v.field for v in appraisal.violations]
-            reason = "measurement.not_in_reference_values" if "measurement" in fields else f"policy.{fields[0]}"
+            reason = (
+                "measurement.not_in_reference_values"
+                if MEASUREMENT_FIELDS & set(fields)
+                else f"policy.{fields[0]}"
+            )
             detail = json.dumps([{"field": v.field, "got": v.got, "want": v.want} for v in appraisal.violations])
             return [reject(message.meta, STAGE, reason, detail)]
         appraised = schemas.AppraisedEvidence(

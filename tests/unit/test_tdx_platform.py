@@ -131,3 +131,26 @@ def test_appraisal_policy_and_vector(tmp_path: Path) -> None:
     assert accepted.violations == [] and accepted.vector["hardware"] == 32  # warning tier
     revoked = dict(claims, **{"tdx.tcb_status": "Revoked"})
     assert platform.appraise(info.evidence, revoked, {"accepted_tcb_status": frozenset({"Revoked"})}).violations
+
+
+def test_quote_verifier_warm_path_still_checks_each_quote(tmp_path: Path) -> None:
+    from shared.platforms.tdx.verify import QuoteVerifier
+
+    case = "dcapqvl_tdx_quote"
+    platform = platform_for(case)
+    info = platform.parse_evidence(evidence(case))
+    docs = endorsement(platform, info.evidence, offline_dir(tmp_path, case))
+    collateral = platform._parse_collateral(docs)
+    verifier = QuoteVerifier(collateral, pinned_root_der())
+    raw = (QUOTES / case / "quote.bin").read_bytes()
+    first = verifier.verify(raw, at(case))
+    warm = verifier.verify(raw, at(case))  # served by the remembered chain verdict
+    assert (warm.tcb_status, warm.advisory_ids) == (first.tcb_status, first.advisory_ids) == ("UpToDate", ())
+    tampered = bytearray(raw)
+    tampered[48 + 136] ^= 1  # MRTD, signed by the attestation key
+    with pytest.raises(VerificationError) as err:
+        verifier.verify(bytes(tampered), at(case))
+    assert err.value.check == "tdx.quote_signature"
+    late = datetime.fromisoformat(expected(case)["valid_window"]["not_after"].replace("Z", "+00:00")) + timedelta(seconds=1)
+    with pytest.raises(VerificationError):  # outside the remembered window: full verification again
+        verifier.verify(raw, late)

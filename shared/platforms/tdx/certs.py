@@ -147,6 +147,7 @@ def order_chain(certs: Sequence[x509.Certificate]) -> tuple[x509.Certificate, ..
     return tuple(ordered)
 
 
+@lru_cache(maxsize=4096)  # compared on every quote against the pinned root and the signers
 def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 

@@ -38,7 +38,7 @@ from shared.platforms.tdx.eventlog import parse_event_log, verify_rtmrs
 from shared.platforms.tdx.pck import pck_extension
 from shared.platforms.tdx.validate import ACCEPTABLE, SgxPolicy, TdxPolicy, validate
 from shared.platforms.tdx.validate import claims as quote_claims
-from shared.platforms.tdx.verify import verify_quote
+from shared.platforms.tdx.verify import QuoteVerifier
 
 _MAX_EVENTS_IN_CLAIMS = 256
 MR_SIZE = 48
@@ -152,7 +152,7 @@ class DcapPlatform:
         )
         # Collateral cache keys are per pinned root, so a test vendor sharing Redis never mixes in.
         self._root_id = hashlib.sha256(root_ca_der).hexdigest()[:16]
-        self._parsed: OrderedDict[bytes, Collateral] = OrderedDict()
+        self._parsed: OrderedDict[bytes, QuoteVerifier] = OrderedDict()
         self._lock = Lock()
 
     # -- intake ----------------------------------------------------------------------------
@@ -231,15 +231,17 @@ class DcapPlatform:
             return 60  # unreadable: keep briefly; identity verification rejects it anyway
 
     # -- identity --------------------------------------------------------------------------
-    def _collateral(self, endorsement: list[bytes]) -> Collateral:
-        """Parsed collateral, once per distinct set of documents (it only changes at next update)."""
+    def _verifier(self, endorsement: list[bytes], require_crls: bool) -> QuoteVerifier:
+        """One verifier per distinct set of collateral documents (they change at next update):
+        parsed once, and remembering the verdict of each platform's PCK chain."""
         if len(endorsement) != 4:
             raise VerificationError("endorsement.chain_invalid", f"expected 4 collateral documents, got {len(endorsement)}")
-        key = hashlib.sha256(b"\x00".join(hashlib.sha256(d).digest() for d in endorsement)).digest()
+        parts = [hashlib.sha256(d).digest() for d in endorsement] + [bytes([require_crls])]
+        key = hashlib.sha256(b"".join(parts)).digest()
         with self._lock:
             cached = self._parsed.get(key)
         if cached is None:
-            cached = self._parse_collateral(endorsement)
+            cached = QuoteVerifier(self._parse_collateral(endorsement), self.root_ca_der, require_crls=require_crls)
             with self._lock:
                 self._parsed[key] = cached
                 if len(self._parsed) > _PARSED_CACHE_SIZE:
@@ -269,10 +271,8 @@ class DcapPlatform:
 
     def verify_identity(self, evidence: bytes, endorsement: list[bytes], now: datetime) -> dict[str, Any]:
         unpacked = _unpack(evidence)
-        collateral = self._collateral(endorsement)
-        verified = verify_quote(
-            unpacked.quote, collateral, self.root_ca_der, now, require_crls=self.require_crls and bool(endorsement[2])
-        )
+        verifier = self._verifier(endorsement, self.require_crls and bool(endorsement[2]))
+        verified = verifier.verify(unpacked.quote, now)
         quote = verified.quote
         out: dict[str, Any] = dict(quote_claims(quote, verified))
         if unpacked.eventlog is not None and isinstance(quote.body, TdReport):

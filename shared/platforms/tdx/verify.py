@@ -587,3 +587,73 @@ def verify_quote(
         valid_window=evaluation.valid_window,
         outcomes=tuple(evaluation.outcomes.values()),
     )
+
+
+@dataclass(frozen=True)
+class _ChainVerdict:
+    chain: PckChain
+    pck: PckExtension
+    window: tuple[datetime, datetime]
+
+
+class QuoteVerifier:
+    """``verify_quote`` over one collateral set, remembering each PCK chain's verdict.
+
+    The first quote of a platform runs every check. Later quotes from the same PCK chain, while
+    inside the window in which that verdict holds (collateral freshness, CRL windows and every
+    certificate's validity), run only what depends on the quote itself: the QE vendor, the
+    applicability of the collateral to this TD, the QE report signature and binding, the QE
+    identity, the quote signature and the TCB status. Outside the window, or for a new chain, the
+    full verification runs again, so a failure is still reported by its own check.
+    """
+
+    _MAX_CHAINS = 65536
+
+    def __init__(self, collateral: Collateral, root_ca_der: bytes, *, require_crls: bool = True) -> None:
+        self.collateral = collateral
+        self.root_ca_der = root_ca_der
+        self.require_crls = require_crls
+        self._chains: dict[bytes, _ChainVerdict] = {}
+
+    def verify(self, raw: bytes, now: datetime) -> VerifiedQuote:
+        at = _utc(now)
+        quote = parse_quote(raw)
+        key = bytes(quote.qe.certification.data)
+        verdict = self._chains.get(key)
+        if verdict is None or not verdict.window[0] <= at <= verdict.window[1]:
+            return self._full(raw, at, key)
+        return self._per_quote(quote, verdict)
+
+    def _full(self, raw: bytes, at: datetime, key: bytes) -> VerifiedQuote:
+        verified = verify_quote(raw, self.collateral, self.root_ca_der, at, require_crls=self.require_crls)
+        chain = _pck_chain(verified.quote, None)
+        if isinstance(chain, PckChain):
+            if len(self._chains) >= self._MAX_CHAINS:
+                self._chains.clear()
+            self._chains[key] = _ChainVerdict(chain, verified.pck, verified.valid_window)
+        return verified
+
+    def _per_quote(self, quote: Quote, verdict: _ChainVerdict) -> VerifiedQuote:
+        rec = _Recorder()
+        rec.run(
+            checks.QE_VENDOR_IS_INTEL,
+            lambda: (
+                None
+                if quote.header.qe_vendor_id == INTEL_QE_VENDOR_ID
+                else f"QE vendor {quote.header.qe_vendor_id.hex()} is not Intel"
+            ),
+        )
+        _check_applicability(rec, quote, self.collateral, verdict.pck)
+        _check_quote(rec, quote, verdict.chain, self.collateral)
+        failed = [o for o in rec.outcomes.values() if o.passed is False]
+        if failed:
+            raise VerificationError(failed[0].name, failed[0].detail)
+        return VerifiedQuote(
+            quote=quote,
+            tee="tdx" if quote.is_tdx else "sgx",
+            tcb=_tcb(quote, self.collateral, verdict.pck),
+            pck=verdict.pck,
+            tcb_evaluation_data_number=self.collateral.tcb_info.tcb_evaluation_data_number,
+            valid_window=verdict.window,
+            outcomes=tuple(rec.outcomes.values()),
+        )
