@@ -15,7 +15,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from services.bench_verify_tdx import WarmTdxVerifier
 from services.bench_verify_tdx import run as bench_run
 from services.demo.tdx_sim import (
     DEFAULT_FMSPC,
@@ -44,7 +43,7 @@ from shared.platforms.tdx.crypto import p256_key, verify_raw_signature
 from shared.platforms.tdx.eventlog import parse_event_log, replay_rtmrs, verify_rtmrs
 from shared.platforms.tdx.pck import pck_extension
 from shared.platforms.tdx.validate import TdxPolicy, claims, validate
-from shared.platforms.tdx.verify import evaluate_quote, verify_quote
+from shared.platforms.tdx.verify import QuoteVerifier, evaluate_quote, verify_quote
 
 MR_TD = hashlib.sha384(b"simulated TD image").digest()
 RTMRS = tuple(hashlib.sha384(b"rtmr %d" % i).digest() for i in range(4))
@@ -491,7 +490,7 @@ def test_raw_sign_is_rs_and_deterministic(intel: SimulatedIntel) -> None:
 def test_warm_verifier_agrees_with_verify_quote(
     intel: SimulatedIntel, platform: SimulatedTdxPlatform, collateral: Collateral
 ) -> None:
-    warm = WarmTdxVerifier(collateral, intel.root_der)
+    warm = QuoteVerifier(collateral, intel.root_der)
     raw = quote_of(platform)
     cold = warm.verify(raw, intel.now)
     hot = warm.verify(quote_of(platform, debug=True), intel.now)  # cache hit: same PCK chain
