@@ -20,6 +20,7 @@ from shared import schemas
 from shared.bus import Publish, publish
 from shared.cache import Store
 from shared.config import Settings
+from shared.ear import EarSigner, load_or_create_signing_key
 from shared.errors import ProtocolError
 from shared.kbs.wire import (
     SUPPORTED_TEES,
@@ -56,6 +57,7 @@ class Gateway:
         self.js = js
         self.store = store
         self.waiter = waiter
+        self.token_public_jwk = EarSigner(load_or_create_signing_key(settings.signing_key_path)).public_jwk()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[self._errors])
@@ -66,6 +68,7 @@ class Gateway:
                 web.get("/kbs/v0/resource/{repository}/{type}/{tag}", self.get_resource),
                 web.post("/kbs/v0/resource/{repository}/{type}/{tag}", self.put_resource),
                 web.get("/healthz", self.healthz),
+                web.get("/.well-known/jwks.json", self.jwks),
             ]
         )
         return app
@@ -88,6 +91,10 @@ class Gateway:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        """The EAR signing key, for relying parties that verify tokens themselves."""
+        return web.json_response({"keys": [self.token_public_jwk]})
 
     async def auth(self, request: web.Request) -> web.Response:
         if (bad := _require_json(request)) is not None:

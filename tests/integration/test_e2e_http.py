@@ -227,3 +227,18 @@ async def test_audit_tail_follows_decisions_live(running: RunningStack) -> None:
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     assert records and records[-1]["status"] == "rejected"
     assert records[-1]["reason"] == "endorsement.not_found"
+
+
+async def test_jwks_publishes_the_token_key(running: RunningStack) -> None:
+    from joserfc.jwk import ECKey
+
+    device = running.enroll()
+    client, _, result = await attest_device(running, device)
+    await client.close()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(running.url + "/.well-known/jwks.json") as resp:
+            keys = (await resp.json())["keys"]
+    assert len(keys) == 1 and keys[0]["kty"] == "EC" and keys[0]["crv"] == "P-256"
+    claims = verify_ear(result.body["token"], keys[0], now=int(time.time()))
+    assert submod_status(claims) == "affirming"
+    assert ECKey.import_key(keys[0]).as_dict()["x"] == keys[0]["x"]
