@@ -4,29 +4,17 @@ ECDSA P-384 verify on the same machine (the floor: the report signature cannot b
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from services.bench_common import per_call_us
 from services.demo.snp_sim import SimulatedAmd, SimulatedSnpGuest
 from shared.platforms.snp.abi import Product
 from shared.platforms.snp.certs import AmdRoots
 from shared.platforms.snp.platform import SnpPlatform
-
-
-def _per_call_us(fn: Callable[[], object], iterations: int, repeats: int = 5) -> float:
-    """Best of ``repeats`` runs: the least disturbed measurement of the same work."""
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(iterations):
-            fn()
-        best = min(best, (time.perf_counter() - started) / iterations)
-    return best * 1e6
 
 
 def run(iterations: int = 2000) -> dict[str, Any]:
@@ -39,15 +27,15 @@ def run(iterations: int = 2000) -> dict[str, Any]:
 
     public_key = guest.vcek_key.public_key()
     signature = guest.vcek_key.sign(report[:0x2A0], ec.ECDSA(hashes.SHA384()))
-    raw_us = _per_call_us(lambda: public_key.verify(signature, report[:0x2A0], ec.ECDSA(hashes.SHA384())), iterations)
+    raw_us = per_call_us(lambda: public_key.verify(signature, report[:0x2A0], ec.ECDSA(hashes.SHA384())), iterations)
 
     def cold() -> None:
         SnpPlatform({Product.MILAN: roots}).verify_identity(report, [vcek, b""], now)
 
-    cold_us = _per_call_us(cold, max(20, iterations // 20))
+    cold_us = per_call_us(cold, max(20, iterations // 20))
     warm_platform = SnpPlatform({Product.MILAN: roots})
     warm_platform.verify_identity(report, [vcek, b""], now)
-    warm_us = _per_call_us(lambda: warm_platform.verify_identity(report, [vcek, b""], now), iterations)
+    warm_us = per_call_us(lambda: warm_platform.verify_identity(report, [vcek, b""], now), iterations)
     return {
         "raw_ecdsa_p384_verify_us": round(raw_us, 1),
         "snp_report_warm_us": round(warm_us, 1),

@@ -16,7 +16,6 @@ import hashlib
 import itertools
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -25,22 +24,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from services.bench_common import per_call_us
 from services.demo.tdx_sim import SimulatedIntel, SimulatedTdxPlatform
 from shared.platforms.tdx.abi import parse_quote
 from shared.platforms.tdx.collateral import Collateral
 from shared.platforms.tdx.validate import claims
 from shared.platforms.tdx.verify import QuoteVerifier, verify_quote
-
-
-def _per_call_us(fn: Callable[[], object], iterations: int, repeats: int = 5) -> float:
-    """Best of ``repeats`` runs: the least disturbed measurement of the same work."""
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(iterations):
-            fn()
-        best = min(best, (time.perf_counter() - started) / iterations)
-    return best * 1e6
 
 
 @dataclass(frozen=True)
@@ -79,13 +68,13 @@ def run(iterations: int = 2000) -> dict[str, Any]:
         return encode_dss_signature(int.from_bytes(raw_sig[:32], "big"), int.from_bytes(raw_sig[32:], "big"))
 
     quote_sig, qe_sig = der_sig(quote.signature), der_sig(quote.qe.report_signature)
-    one_raw_us = _per_call_us(lambda: att_key.verify(quote_sig, quote.signed_data, ecdsa), iterations)
+    one_raw_us = per_call_us(lambda: att_key.verify(quote_sig, quote.signed_data, ecdsa), iterations)
 
     def two_raw() -> None:
         att_key.verify(quote_sig, quote.signed_data, ecdsa)
         pck_key.verify(qe_sig, quote.qe.report.raw, ecdsa)
 
-    raw_us = _per_call_us(two_raw, iterations)
+    raw_us = per_call_us(two_raw, iterations)
 
     # Cold: the first quote of a never-seen PKI, platform and collateral (nothing can be cached).
     fresh = [_world(1) for _ in range(max(5, min(50, iterations // 40)))]
@@ -99,20 +88,20 @@ def run(iterations: int = 2000) -> dict[str, Any]:
     # verify_quote as the pipeline calls it, after a first quote of this platform has been seen.
     rotation = itertools.cycle(world.quotes)
     verify_quote(world.quotes[0], collateral, root, now)
-    core_us = _per_call_us(lambda: verify_quote(next(rotation), collateral, root, now), iterations)
+    core_us = per_call_us(lambda: verify_quote(next(rotation), collateral, root, now), iterations)
 
     warm = QuoteVerifier(collateral, root)  # the pipeline's own warm path
     first = warm.verify(world.quotes[0], now)  # fills the cache
     again = warm.verify(world.quotes[1], now)
     if (first.tcb_status, first.advisory_ids) != (again.tcb_status, again.advisory_ids):
         raise AssertionError("the warm path disagrees with verify_quote")
-    split_us = _per_call_us(lambda: warm.verify(next(rotation), now), iterations)
+    split_us = per_call_us(lambda: warm.verify(next(rotation), now), iterations)
 
     def split_with_claims() -> None:
         verified = warm.verify(next(rotation), now)
         claims(verified.quote, verified)
 
-    claims_us = _per_call_us(split_with_claims, iterations)
+    claims_us = per_call_us(split_with_claims, iterations)
     return {
         "raw_one_ecdsa_p256_verify_us": round(one_raw_us, 1),
         "raw_two_ecdsa_p256_verifies_us": round(raw_us, 1),

@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass
 
 from shared.errors import ParseError
+from shared.platforms.binary import as_bytes
 
 MAGIC = b"RMSE"
 VERSION = 1
@@ -67,16 +68,7 @@ class SampleReport:
 
 
 def _as_bytes(data: object) -> bytes:
-    # Evidence arrives from untrusted clients; anything that is not a byte buffer is a parse error,
-    # never a TypeError leaking out of struct or bytes().
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, (bytearray, memoryview)):
-        try:
-            return bytes(data)
-        except (TypeError, ValueError, BufferError) as exc:
-            raise ParseError("report.type", f"unreadable buffer: {exc}") from None
-    raise ParseError("report.type", f"expected bytes, got {type(data).__name__}")
+    return as_bytes(data, "report.type")
 
 
 def parse_report(data: bytes) -> SampleReport:

@@ -39,6 +39,7 @@ import struct
 from dataclasses import dataclass
 
 from shared.errors import ParseError
+from shared.platforms.binary import as_bytes
 from shared.platforms.snp.fields import (
     TCB_SIZE,
     FirmwareVersion,
@@ -150,16 +151,7 @@ class SnpReport:
 
 
 def _as_bytes(data: object) -> bytes:
-    # Evidence comes from untrusted clients: anything but a byte buffer is a parse error, never a
-    # TypeError escaping from struct or bytes().
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, (bytearray, memoryview)):
-        try:
-            return bytes(data)
-        except (TypeError, ValueError, BufferError) as exc:
-            raise ParseError("report.type", f"unreadable buffer: {exc}") from None
-    raise ParseError("report.type", f"expected bytes, got {type(data).__name__}")
+    return as_bytes(data, "report.type")
 
 
 def _sized(data: object) -> bytes:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from shared.errors import ParseError
+from shared.platforms.binary import as_bytes
 
 HEADER_SIZE = 48
 SGX_REPORT_SIZE = 384
@@ -265,15 +266,7 @@ def parse_td_report(raw: bytes) -> TdReport:
 
 
 def _as_bytes(data: object) -> bytes:
-    # Evidence comes from untrusted clients: a non-buffer is a parse error, never a TypeError.
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, (bytearray, memoryview)):
-        try:
-            return bytes(data)
-        except (TypeError, ValueError, BufferError) as exc:
-            raise ParseError("quote.type", f"unreadable buffer: {exc}") from None
-    raise ParseError("quote.type", f"expected bytes, got {type(data).__name__}")
+    return as_bytes(data, "quote.type")
 
 
 def _parse_header(raw: bytes) -> QuoteHeader:
