@@ -174,6 +174,14 @@ class Store:
         members = await self.redis.smembers(f"{_PREFIX}refval:{tee}:{name}")
         return frozenset(m.decode() for m in members)
 
+    async def get_reference_value_sets(self, tee: str, names: tuple[str, ...]) -> dict[str, frozenset[str]]:
+        """Several named sets in one round trip (every appraisal reads all of its platform's)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.smembers(f"{_PREFIX}refval:{tee}:{name}")
+        results = await pipe.execute()
+        return {name: frozenset(m.decode() for m in members) for name, members in zip(names, results, strict=True)}
+
     # -- exactly one decision per request ------------------------------------------------
     async def claim_decision(self, request_id: str, encoded: bytes, ttl_s: int = 86400) -> bytes | None:
         """Store the decision unless one exists; return the earlier one if it does."""

@@ -22,10 +22,7 @@ def make_handler(ctx: StageContext):
         platform = ctx.platforms.get(message.meta.tee)
         if platform is None:
             return [reject(message.meta, STAGE, "tee.unsupported", message.meta.tee)]
-        references = {
-            name: await ctx.store.get_reference_values(message.meta.tee, name)
-            for name in platform.reference_names
-        }
+        references = await ctx.store.get_reference_value_sets(message.meta.tee, tuple(platform.reference_names))
         try:
             appraisal = platform.appraise(message.evidence, message.claims, references)
         except RemitsError as err:

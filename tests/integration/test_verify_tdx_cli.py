@@ -386,3 +386,24 @@ def test_simulated_collateral_dir(tmp_path: Path, capsys: pytest.CaptureFixture[
     (tmp_path / "bad-root.pem").write_text("not a certificate")
     code, _ = run([*argv[:-3], "--root", str(tmp_path / "bad-root.pem")], capsys)
     assert code == 2
+
+
+def test_the_remits_command_dispatches_tdx_and_sgx() -> None:
+    """The same contract through the `remits` entry point users run."""
+    for case, tee in (("dcapqvl_tdx_quote", "tdx"), ("dcapqvl_sgx_quote", "sgx")):
+        folder = QUOTES / case
+        when = json.loads((folder / "expected.json").read_text())["verify_at"]
+        done = subprocess.run(
+            [sys.executable, "-m", "services.cli", "verify", tee, str(folder / "quote.bin"),
+             "--collateral", str(folder / "collateral"), "--at", when, "--json"],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        out = json.loads(done.stdout)
+        assert out["verified"] is True and out[f"{tee}.tcb_status"] == json.loads((folder / "expected.json").read_text())["tcb_status"]
+    late = subprocess.run(
+        [sys.executable, "-m", "services.cli", "verify", "tdx", str(QUOTES / "dcapqvl_tdx_quote" / "quote.bin"),
+         "--collateral", str(QUOTES / "dcapqvl_tdx_quote" / "collateral"), "--at", "2030-01-01T00:00:00Z", "--json"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    assert late.returncode == 1 and json.loads(late.stdout)["check"].startswith("tdx.")
