@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from services.runtime import COMPONENTS, Stack, init_data_dir
 from shared.config import Settings
-from shared.embedded import EmbeddedInfra, free_port, start_embedded
+from shared.embedded import ManagedServer, free_port, nats_server, redis_server
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -138,20 +138,24 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 @contextlib.asynccontextmanager
 async def _infrastructure(args: argparse.Namespace, workdir: Path) -> AsyncIterator[dict[str, str]]:
-    """Embedded NATS/Redis for whatever URL was not given; stopped again on exit."""
+    """Embedded NATS and/or Redis for whichever URL was not given; stopped again on exit."""
     urls: dict[str, str] = {}
-    infra: EmbeddedInfra | None = None
-    if not getattr(args, "nats", None) or not getattr(args, "redis", None):
-        infra = await asyncio.to_thread(start_embedded, workdir / "infra")
-        if not getattr(args, "nats", None):
-            urls["nats_url"] = infra.nats_url
-        if not getattr(args, "redis", None):
-            urls["redis_url"] = infra.redis_url
+    started: list[ManagedServer] = []
     try:
+        if not getattr(args, "nats", None):
+            nats = nats_server(workdir / "infra")
+            await asyncio.to_thread(nats.start)
+            started.append(nats)
+            urls["nats_url"] = f"nats://127.0.0.1:{nats.port}"
+        if not getattr(args, "redis", None):
+            redis = redis_server(workdir / "infra")
+            await asyncio.to_thread(redis.start)
+            started.append(redis)
+            urls["redis_url"] = f"redis://127.0.0.1:{redis.port}/0"
         yield urls
     finally:
-        if infra is not None:
-            await asyncio.to_thread(infra.stop)
+        for server in started:
+            await asyncio.to_thread(server.stop)
 
 
 async def _local_kds(settings: Settings, host: str = "127.0.0.1", port: int = 0):  # type: ignore[no-untyped-def]

@@ -110,21 +110,25 @@ class EmbeddedInfra:
         self.redis.stop()
 
 
-def start_embedded(workdir: Path) -> EmbeddedInfra:
-    workdir.mkdir(parents=True, exist_ok=True)
-    nats_dir = workdir / "nats"
-    redis_dir = workdir / "redis"
-    nats_dir.mkdir(exist_ok=True)
-    redis_dir.mkdir(exist_ok=True)
-    nats_port = free_port()
-    nats = ManagedServer(
+def nats_server(workdir: Path) -> ManagedServer:
+    """A nats-server with JetStream on a free loopback port (not started)."""
+    data = workdir / "nats"
+    data.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    return ManagedServer(
         "nats",
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", str(nats_dir)],
-        nats_port,
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data)],
+        port,
         workdir / "nats.log",
     )
+
+
+def redis_server(workdir: Path) -> ManagedServer:
+    """A redis-server that keeps nothing on disk, on a free loopback port (not started)."""
+    redis_dir = workdir / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
     redis_port = free_port()
-    redis = ManagedServer(
+    return ManagedServer(
         "redis",
         [
             redis_server_binary(),
@@ -138,6 +142,11 @@ def start_embedded(workdir: Path) -> EmbeddedInfra:
         redis_port,
         workdir / "redis.log",
     )
+
+
+def start_embedded(workdir: Path) -> EmbeddedInfra:
+    workdir.mkdir(parents=True, exist_ok=True)
+    nats, redis = nats_server(workdir), redis_server(workdir)
     nats.start()
     try:
         redis.start()
