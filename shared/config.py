@@ -30,7 +30,9 @@ class Settings:
     token_lifetime_s: int = 300
     # How long the gateway waits for the pipeline before answering with a rejection.
     request_timeout_s: float = 30.0
-    max_body_bytes: int = 256 * 1024
+    # TDX guests send the whole CCEL area (256 KiB on common firmware) base64-encoded; the bus
+    # message must still fit NATS's default 1 MiB payload.
+    max_body_bytes: int = 900 * 1024
     # JetStream consumer settings shared by every stage.
     max_deliver: int = 5
     ack_wait_s: float = 30.0
@@ -71,6 +73,7 @@ class Settings:
             nonce_ttl_s=float(_env("NONCE_TTL_S", str(cls.nonce_ttl_s))),
             token_lifetime_s=int(_env("TOKEN_LIFETIME_S", str(cls.token_lifetime_s))),
             request_timeout_s=float(_env("REQUEST_TIMEOUT_S", str(cls.request_timeout_s))),
+            max_body_bytes=int(_env("MAX_BODY_BYTES", str(cls.max_body_bytes))),
             max_deliver=int(_env("MAX_DELIVER", str(cls.max_deliver))),
             ack_wait_s=float(_env("ACK_WAIT_S", str(cls.ack_wait_s))),
             fetch_timeout_s=float(_env("FETCH_TIMEOUT_S", str(cls.fetch_timeout_s))),

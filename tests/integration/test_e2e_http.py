@@ -149,7 +149,7 @@ async def test_bad_requests_get_4xx_with_a_reason_and_service_continues(running:
         assert status == 400 and body["type"].endswith("/UnsupportedTee")
         status, body = await post("/kbs/v0/auth", b'{"version":"0.1.0","tee":"sample","extra-params":{}}')
         assert status == 400
-        big = b'{"version":"0.4.0","tee":"sample","extra-params":{"x":"' + b"a" * (512 * 1024) + b'"}}'
+        big = b'{"version":"0.4.0","tee":"sample","extra-params":{"x":"' + b"a" * (1200 * 1024) + b'"}}'
         status, body = await post("/kbs/v0/auth", big)
         assert status == 413 and "larger than" in body["detail"]
         status, body = await post("/kbs/v0/attest", b"{}")

@@ -78,3 +78,32 @@ async def test_wrong_mr_td_and_unknown_platform_are_rejected(tdx, intel) -> None
     client, result = await attest(rs.url, stranger)
     await client.close()
     assert result.status == 401 and result.reason == "endorsement.not_found"
+
+
+async def test_full_size_ccel_event_log_is_replayed_through_http(tdx, intel) -> None:  # type: ignore[no-untyped-def]
+    """A guest sends the whole 256 KiB CCEL area (events, then 0xFF padding) with its quote."""
+    import base64
+
+    from services.demo.tdx_sim import SimEvent, ccel_event_log
+
+    rs, _ = tdx
+    log, rtmrs = ccel_event_log([SimEvent(0, b"firmware"), SimEvent(1, b"kernel"), SimEvent(2, b"cmdline")])
+    area = log + b"\xff" * (256 * 1024 - len(log))
+    machine = SimulatedTdxPlatform.create(intel)
+    client = GuestClient.new(rs.url)
+    nonce = (await client.auth("tdx")).body["nonce"]
+    quote = machine.make_quote(expected_report_data(nonce, client.tee_pubkey), mr_td=MR_TD, rtmrs=list(rtmrs))
+    evidence = {"cc_eventlog": base64.b64encode(area).decode(), "quote": base64.b64encode(quote).decode()}
+    result = await client.attest(client.attestation_body(nonce, evidence))
+    assert result.status == 200, result.body
+    key = load_or_create_signing_key(rs.settings.signing_key_path)
+    claims = verify_ear(result.body["token"], key.public_key(), now=int(time.time()))
+    tdx_claims = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["tdx"]
+    assert tdx_claims["tdx.eventlog.replayed"] is True and tdx_claims["tdx.eventlog.event_count"] == 3
+    # The same log against a quote with other RTMRs is rejected.
+    nonce = (await client.auth("tdx")).body["nonce"]
+    quote = machine.make_quote(expected_report_data(nonce, client.tee_pubkey), mr_td=MR_TD, rtmrs=[bytes(48)] * 4)
+    evidence = {"cc_eventlog": base64.b64encode(area).decode(), "quote": base64.b64encode(quote).decode()}
+    result = await client.attest(client.attestation_body(nonce, evidence))
+    await client.close()
+    assert result.status == 401 and result.reason == "tdx.rtmr_replay"
