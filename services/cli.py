@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--http", type=_host_port, default=None, help="gateway HOST:PORT (default 127.0.0.1:8080)")
     up.add_argument("--kds", help="sample vendor endorsement server URL (default: start a local one)")
     up.add_argument("--reuse-port", action="store_true", help="let several `remits up` share the gateway port")
+    up.add_argument("--processes", type=int, default=1, help="run the whole stack in N processes (multi-core)")
 
     worker = sub.add_parser("worker", help="run one component; several replicas may run at once")
     worker.add_argument("stage", choices=COMPONENTS)
@@ -171,19 +172,44 @@ async def _local_kds(settings: Settings, host: str = "127.0.0.1", port: int = 0)
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
+    if args.processes < 1:
+        print("remits up: --processes must be at least 1", file=sys.stderr)
+        return 2
     data_dir = Path(args.data_dir) if args.data_dir else Settings.from_env().data_dir
     async with _infrastructure(args, data_dir) as urls:
-        settings = _settings(args, **urls)
+        extra: dict[str, object] = dict(urls)
+        if args.processes > 1:
+            # Every process serves the same gateway port (SO_REUSEPORT); the kernel spreads
+            # connections, and JetStream spreads stage work over the shared durable consumers.
+            port = Settings.from_env().http_port if not args.http else args.http[1]
+            extra.update(http_reuse_port=True, http_port=port or free_port())
+        settings = _settings(args, **extra)
         kds = None
         if not args.kds:
             _, kds = await _local_kds(settings)
-            settings = _settings(args, **urls, sample_kds_url=kds.base_url)
+            settings = _settings(args, **extra, sample_kds_url=kds.base_url)
         stack = Stack(settings)
         await stack.start()
         _stop_on_signals(stack.stop_event)
+        children = [
+            await _spawn_server(settings, settings.http_port, settings.data_dir / f"up-{index}.log")
+            for index in range(1, args.processes)
+        ]
         print(f"REMITS gateway ready at {stack.gateway_url}", flush=True)
-        print(f"  nats={settings.nats_url} redis={settings.redis_url} sample-kds={settings.sample_kds_url}", flush=True)
+        print(
+            f"  nats={settings.nats_url} redis={settings.redis_url} sample-kds={settings.sample_kds_url}"
+            f" processes={args.processes}",
+            flush=True,
+        )
         await stack.stop_event.wait()
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                await asyncio.wait_for(child.wait(), 15)
+            except TimeoutError:
+                child.kill()
         await stack.stop()
         if kds is not None:
             await kds.stop()
@@ -293,7 +319,7 @@ async def _spawn_server(settings: Settings, port: int, log_path: Path) -> asynci
     argv = [
         sys.executable, "-m", "services.cli", "up",
         "--nats", settings.nats_url, "--redis", settings.redis_url,
-        "--http", f"127.0.0.1:{port}", "--kds", settings.sample_kds_url,
+        "--http", f"{settings.http_host}:{port}", "--kds", settings.sample_kds_url,
         "--data-dir", str(settings.data_dir), "--reuse-port",
     ]
     env = dict(os.environ, REMITS_SNP_KDS_URL=settings.snp_kds_url, REMITS_DCAP_PCS_URL=settings.dcap_pcs_url)
