@@ -33,6 +33,7 @@ from shared.telemetry import get_logger, tracer
 
 log = get_logger("remits.gateway")
 COOKIE = "kbs-session-id"
+_UNAVAILABLE = frozenset({"pipeline.timeout", "pipeline.unavailable"})
 
 
 def _error(status: int, variant: str, detail: str) -> web.Response:
@@ -145,6 +146,9 @@ class Gateway:
         ):
             outcome = await self._submit(Publish(schemas.stage_subject("intake"), message, f"{request_id}:gateway"), meta)
             log.info("attest.answered", tee=session.tee, status=outcome.status, reason=outcome.reason)
+        if outcome.reason in _UNAVAILABLE:
+            # The pipeline did not decide (yet): tell the guest to retry, not that it failed.
+            return _error(503, "ServiceUnavailable", f"{outcome.reason}: {outcome.detail}")
         if outcome.status == "rejected":
             return _error(401, "AttestationError", f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason)
         response = web.json_response({"token": outcome.token})
@@ -189,6 +193,8 @@ class Gateway:
             log.info("resource.answered", resource=path, status=outcome.status, reason=outcome.reason)
         if outcome.status == "released":
             return web.Response(body=outcome.jwe, content_type="application/json")
+        if outcome.reason in _UNAVAILABLE:
+            return _error(503, "ServiceUnavailable", f"{outcome.reason}: {outcome.detail}")
         if outcome.status == "not_found":
             return _error(404, "ResourceNotFound", f"{outcome.reason}: {outcome.detail}")
         variant = "TokenVerifierError" if outcome.reason.startswith("token.") else "PolicyDeny"

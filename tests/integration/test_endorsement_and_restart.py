@@ -53,3 +53,20 @@ async def test_stack_keeps_serving_after_nats_restart(running: RunningStack, inf
             break
         await asyncio.sleep(0.5)
     assert status == 200, body
+
+
+async def test_nats_outage_is_a_503_not_a_hang(running: RunningStack, infra) -> None:  # type: ignore[no-untyped-def]
+    from services.demo.client import GuestClient, sample_evidence
+
+    device = running.enroll()
+    client = GuestClient.new(running.url)
+    nonce = (await client.auth()).body["nonce"]
+    body = client.attestation_body(nonce, sample_evidence(device, nonce, client.tee_pubkey))
+    await asyncio.to_thread(infra.nats.stop)
+    try:
+        result = await asyncio.wait_for(client.attest(body), 40)
+        assert result.status == 503, result.body
+        assert result.body["type"].endswith("/ServiceUnavailable")
+    finally:
+        await asyncio.to_thread(infra.nats.start)
+        await client.close()
