@@ -16,7 +16,7 @@ from shared.errors import RemitsError
 from shared.fetch import EndorsementFetcher
 from shared.platforms.base import EndorsementRequest
 from shared.platforms.snp.abi import REPORT_SIZE
-from shared.platforms.snp.certs import AmdRoots, VekKind, load_certificate, parse_vek_extensions, vek_kind
+from shared.platforms.snp.certs import VekKind, load_certificate, parse_vek_extensions, vek_kind
 from shared.platforms.snp.evidence import decode_evidence
 from shared.platforms.snp.platform import SnpPlatform, parse
 
@@ -189,5 +189,3 @@ def main_verify(args: Any) -> int:
         print(f"  snp.reported_tcb = {tcb}")
     return 0
 
-
-__all__ = ["AmdRoots", "main_verify", "verify_snp"]

@@ -160,7 +160,7 @@ class Gateway:
         try:
             await publish(self.js, item, meta.request_id)
         except Exception as exc:
-            self.waiter._pending.pop(meta.request_id, None)
+            self.waiter.forget(meta.request_id)
             log.error("gateway.publish_failed", error=repr(exc))
             return schemas.Outcome(meta.request_id, "rejected", "pipeline.unavailable", "could not queue the request")
         return await self.waiter.wait(meta.request_id, future, self.settings.request_timeout_s)

@@ -42,6 +42,10 @@ class OutcomeWaiter:
         self._pending[request_id] = future
         return future
 
+    def forget(self, request_id: str) -> None:
+        """The request never entered the pipeline: nothing will answer it."""
+        self._pending.pop(request_id, None)
+
     async def wait(self, request_id: str, future: asyncio.Future[schemas.Outcome], timeout_s: float) -> schemas.Outcome:
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
