@@ -164,3 +164,11 @@ def test_any_evidence_bytes_only_raise_parse_error(evidence: bytes) -> None:
         platform.parse_evidence(evidence)
     except ParseError:
         pass
+
+
+def test_a_carried_certificate_of_the_wrong_kind_is_not_used(platform: SnpPlatform) -> None:
+    report, vek, _ = load("genoa_v3_trustee_e2e")  # a VCEK-signed report
+    doc = {"report": base64.b64encode(report).decode(), "cert_chain": [{"cert_type": "VLEK", "data": list(vek)}]}
+    info = platform.parse_evidence(json.dumps(doc).encode())
+    assert info.carried_endorsement == ()
+    assert platform.endorsement_requests(report, info.carried_endorsement)[0].cache_key.startswith("vcek:")

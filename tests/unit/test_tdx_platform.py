@@ -154,3 +154,13 @@ def test_quote_verifier_warm_path_still_checks_each_quote(tmp_path: Path) -> Non
     late = datetime.fromisoformat(expected(case)["valid_window"]["not_after"].replace("Z", "+00:00")) + timedelta(seconds=1)
     with pytest.raises(VerificationError):  # outside the remembered window: full verification again
         verifier.verify(raw, late)
+
+
+def test_malformed_integer_reference_values_are_typed_errors(tmp_path: Path) -> None:
+    case = "dcapqvl_sgx_quote"
+    platform = platform_for(case)
+    info = platform.parse_evidence(evidence(case))
+    claims = platform.verify_identity(info.evidence, endorsement(platform, info.evidence, offline_dir(tmp_path, case)), at(case))
+    with pytest.raises(ParseError) as err:
+        platform.appraise(info.evidence, claims, {"min_isv_svn": frozenset({"two"})})
+    assert err.value.reason == "config.reference_values.min_isv_svn"

@@ -94,7 +94,10 @@ class SnpPlatform:
     def parse_evidence(self, primary_evidence: bytes) -> EvidenceInfo:
         evidence = decode_evidence(primary_evidence)
         report = parse(evidence.report)
-        carried = tuple(der for kind, der in evidence.certificates if kind in ("VCEK", "VLEK"))
+        # Only certificates of the kind that signed this report: a VLEK sent along with a VCEK
+        # report (or the reverse) must not stand in for the missing one.
+        wanted = {SigningKey.VCEK: "VCEK", SigningKey.VLEK: "VLEK"}.get(report.signing_key)
+        carried = tuple(der for kind, der in evidence.certificates if kind == wanted)
         return EvidenceInfo(
             evidence=evidence.report,
             report_data=report.report_data,

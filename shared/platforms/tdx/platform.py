@@ -130,6 +130,14 @@ def _refs(references: dict[str, frozenset[str]], name: str) -> frozenset[bytes] 
         raise ParseError(f"reference_values.{name}", "not hex", prefix="config") from None
 
 
+def _ints(references: dict[str, frozenset[str]], name: str) -> list[int]:
+    # A provisioning mistake is a typed rejection naming the set, not a crash to be redelivered.
+    try:
+        return sorted(int(v, 0) for v in references.get(name, ()))
+    except ValueError:
+        raise ParseError(f"reference_values.{name}", "not an integer", prefix="config") from None
+
+
 def _accepted(references: dict[str, frozenset[str]]) -> frozenset[str]:
     # Only statuses a relying party may ever live with; Revoked and friends stay rejected.
     return (references.get("accepted_tcb_status") or frozenset({"UpToDate"})) & ACCEPTABLE
@@ -314,8 +322,8 @@ class DcapPlatform:
                 allow_debug=allow_debug,
                 mr_enclave=_refs(references, "mr_enclave"),
                 mr_signer=_refs(references, "mr_signer"),
-                isv_prod_id=next((int(v) for v in references.get("isv_prod_id", ())), None),
-                min_isv_svn=max((int(v) for v in references.get("min_isv_svn", ())), default=0),
+                isv_prod_id=next(iter(_ints(references, "isv_prod_id")), None),
+                min_isv_svn=max(_ints(references, "min_isv_svn"), default=0),
             )
             measured = policy.mr_enclave is not None or policy.mr_signer is not None
         found = validate(quote, verdict, policy)

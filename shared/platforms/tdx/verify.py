@@ -416,6 +416,17 @@ def _check_applicability(
     )
 
 
+def _check_vendor(rec: _Recorder, quote: Quote) -> None:
+    rec.run(
+        checks.QE_VENDOR_IS_INTEL,
+        lambda: (
+            None
+            if quote.header.qe_vendor_id == INTEL_QE_VENDOR_ID
+            else f"QE vendor {quote.header.qe_vendor_id.hex()} is not Intel"
+        ),
+    )
+
+
 def _check_quote(rec: _Recorder, quote: Quote, chain: PckChain | None, collateral: Collateral) -> None:
     c = checks
     if chain is None:
@@ -493,14 +504,7 @@ def evaluate_quote(
     quote = parse_quote(raw)
     pinned = load_certificates(root_ca_der, "root_ca")[0]
     rec = _Recorder()
-    rec.run(
-        checks.QE_VENDOR_IS_INTEL,
-        lambda: (
-            None
-            if quote.header.qe_vendor_id == INTEL_QE_VENDOR_ID
-            else f"QE vendor {quote.header.qe_vendor_id.hex()} is not Intel"
-        ),
-    )
+    _check_vendor(rec, quote)
     found = _pck_chain(quote, pck_chain)
     chain: PckChain | None = None
     pck: PckExtension | None = None
@@ -635,14 +639,7 @@ class QuoteVerifier:
 
     def _per_quote(self, quote: Quote, verdict: _ChainVerdict) -> VerifiedQuote:
         rec = _Recorder()
-        rec.run(
-            checks.QE_VENDOR_IS_INTEL,
-            lambda: (
-                None
-                if quote.header.qe_vendor_id == INTEL_QE_VENDOR_ID
-                else f"QE vendor {quote.header.qe_vendor_id.hex()} is not Intel"
-            ),
-        )
+        _check_vendor(rec, quote)
         _check_applicability(rec, quote, self.collateral, verdict.pck)
         _check_quote(rec, quote, verdict.chain, self.collateral)
         failed = [o for o in rec.outcomes.values() if o.passed is False]
