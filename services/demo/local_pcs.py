@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from services.demo.serving import serve
 from services.demo.tdx_sim import DEFAULT_FMSPC, SimulatedIntel
 from shared.platforms.tdx import pcs
 
@@ -254,12 +255,7 @@ class LocalPcs:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen and return the base URL to hand to ``pcs.py`` (``base_url=``)."""
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound = self._runner.addresses[0]
-        self.base_url = f"http://{bound[0]}:{bound[1]}"
+        self._runner, self.base_url = await serve(self.app(), host, port)
         return self.base_url
 
     async def stop(self) -> None:

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from services.demo.serving import serve
+
 AMD_OID = "1.3.6.1.4.1.3704.1"
 REPORT_SIZE = 0x4A0
 SIGNED_END = 0x2A0
@@ -249,12 +251,7 @@ class LocalAmdKds:
         app.router.add_get("/vcek/v1/{product}/cert_chain", self._chain)
         app.router.add_get("/vcek/v1/{product}/crl", self._crl)
         app.router.add_get("/vcek/v1/{product}/{hwid}", self._vcek)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound = self._runner.addresses[0]
-        self.base_url = f"http://{bound[0]}:{bound[1]}"
+        self._runner, self.base_url = await serve(app, host, port)
         return self.base_url
 
     async def stop(self) -> None:
