@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from cryptography import x509
 
+from services.cli.verify_dcap import CollateralLocator, fetch_collateral, locate_collateral
 from services.demo.local_pcs import LocalPcs, encode_issuer_chain
 from services.demo.tdx_sim import DEFAULT_FMSPC, SimulatedIntel, SimulatedTdxPlatform
-from services.verify_tdx_cli import CollateralLocator, fetch_collateral, locate_collateral
 from shared.errors import EndorsementError, VerificationError
 from shared.fetch import EndorsementFetcher
 from shared.platforms.tdx import checks, pcs, pinned_root_der

@@ -1,4 +1,4 @@
-"""`remits verify tdx|sgx` (services/verify_tdx_cli.py): exit codes and output on every real vector
+"""`remits verify tdx|sgx` (services.cli.verify_dcap.py): exit codes and output on every real vector
 offline, outside the validity window, on usage errors, with CCEL replay, with CoCo evidence JSON,
 and against a LocalPcs serving real or simulated collateral."""
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from services.cli.verify_dcap import b64decode_any, decode_evidence, main
 from services.demo.local_pcs import LocalPcs
 from services.demo.tdx_sim import SimEvent, SimulatedIntel, SimulatedTdxPlatform, ccel_event_log
-from services.verify_tdx_cli import b64decode_any, decode_evidence, main
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "tdx"
@@ -61,9 +61,9 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[
 
 
 def remits(*argv: str) -> subprocess.CompletedProcess[str]:
-    """As a user runs it: a separate process, ``python -m services.verify_tdx_cli``."""
+    """As a user runs it: a separate process, ``python -m services.cli.verify_dcap``."""
     return subprocess.run(
-        [sys.executable, "-m", "services.verify_tdx_cli", *argv], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, "-m", "services.cli.verify_dcap", *argv], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
 
 

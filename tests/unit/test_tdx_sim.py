@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from services.bench_verify_tdx import run as bench_run
+from services.bench.verify_tdx import run as bench_run
 from services.demo.tdx_sim import (
     DEFAULT_FMSPC,
     LATEST_TCB,

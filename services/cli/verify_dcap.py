@@ -15,7 +15,7 @@ unreadable evidence or collateral, ``endorsement.*`` when PCS could not be asked
 (unreadable file, bad time). The TCB status is reported, not judged: OutOfDate still exits 0.
 
 Collateral without CRLs fails closed (``tdx.root_crl_signature``) unless ``--allow-missing-crls``.
-Standalone (tests, no ``services.cli``): ``python -m services.verify_tdx_cli verify tdx QUOTE ...``.
+Standalone (tests, no ``remits`` entry point): ``python -m services.cli.verify_dcap verify tdx QUOTE ...``.
 """
 
 from __future__ import annotations

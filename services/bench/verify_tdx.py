@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from services.bench_common import per_call_us
+from services.bench.timing import per_call_us
 from services.demo.tdx_sim import SimulatedIntel, SimulatedTdxPlatform
 from shared.platforms.tdx.abi import parse_quote
 from shared.platforms.tdx.collateral import Collateral

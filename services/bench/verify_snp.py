@@ -10,7 +10,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from services.bench_common import per_call_us
+from services.bench.timing import per_call_us
 from services.demo.snp_sim import SimulatedAmd, SimulatedSnpGuest
 from shared.platforms.snp.abi import Product
 from shared.platforms.snp.certs import AmdRoots

@@ -1,0 +1,32 @@
+"""`remits audit`: the decision trail."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from services.cli.common import settings_from_args, stop_on_signals
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    audit = sub.add_parser("audit", help="audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    tail = audit_sub.add_parser("tail", help="follow decisions live")
+    tail.add_argument("--nats", help="NATS URL")
+    tail.add_argument("--history", action="store_true", help="start from the first kept decision")
+    tail.set_defaults(run=lambda args: asyncio.run(cmd_audit_tail(args)))
+
+
+async def cmd_audit_tail(args: argparse.Namespace) -> int:
+    from services.audit.worker import tail
+    from shared.bus import connect
+
+    settings = settings_from_args(args)
+    nc, js = await connect(settings.nats_url, "remits-audit-tail")
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    try:
+        await tail(js, stop, history=args.history)
+    finally:
+        await nc.drain()
+    return 0

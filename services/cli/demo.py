@@ -1,0 +1,131 @@
+"""`remits demo`: a simulated fleet attesting through the HTTP KBS flow, good and bad guests mixed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from services.cli.common import (
+    embedded_infrastructure,
+    settings_from_args,
+    spawn_server,
+    start_local_kds,
+    stop_processes,
+)
+from services.runtime import Stack, init_data_dir
+from shared.config import Settings
+from shared.embedded import free_port
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    demo = sub.add_parser("demo", help="run a simulated fleet through the HTTP KBS flow")
+    demo.add_argument("--fleet", type=int, default=50)
+    demo.add_argument("--bad", type=int, default=5)
+    demo.add_argument("--tee", default="sample", choices=["sample", "snp", "tdx"])
+    demo.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    demo.add_argument("--concurrency", type=int, default=100)
+    demo.add_argument("--processes", type=int, default=1, help="server processes (0: in this process)")
+    demo.set_defaults(run=lambda args: asyncio.run(cmd_demo(args)))
+
+
+async def simulated_vendor(args: argparse.Namespace, settings: Settings):  # type: ignore[no-untyped-def]
+    """The simulated vendor whose guests the fleet runs, and the settings that trust it."""
+    from services.demo.fleet import SampleFleet, SnpFleet
+
+    if args.tee == "snp":
+        from services.demo.snp_sim import LocalAmdKds, SimulatedAmd
+
+        vendor = await asyncio.to_thread(SimulatedAmd.generate, "Milan")
+        roots = settings.data_dir / "snp-test-roots" / "milan"
+        roots.mkdir(parents=True, exist_ok=True)
+        pem = serialization.Encoding.PEM
+        (roots / "ark.pem").write_bytes(vendor.ark.public_bytes(pem))
+        (roots / "ask.pem").write_bytes(vendor.ask.public_bytes(pem))
+        (roots / "asvk.pem").write_bytes(vendor.ask.public_bytes(pem))  # the demo issues no VLEKs
+        kds = LocalAmdKds(vendor)
+        await kds.start()
+        extra = {"snp_roots_dir": roots.parent, "snp_kds_url": kds.base_url}
+        return SnpFleet(kds), kds, extra
+    if args.tee == "tdx":
+        from services.demo.fleet import TdxFleet
+        from services.demo.local_pcs import LocalPcs
+        from services.demo.tdx_sim import SimulatedIntel
+
+        intel = await asyncio.to_thread(SimulatedIntel.generate)
+        root = settings.data_dir / "tdx-test-root.pem"
+        root.write_bytes(intel.root_pem)
+        pcs_server = LocalPcs.from_simulated(intel)
+        await pcs_server.start()
+        return TdxFleet(intel), pcs_server, {"dcap_root_ca_path": root, "dcap_pcs_url": pcs_server.base_url}
+    pki, kds = await start_local_kds(settings)
+    return SampleFleet(pki, kds), kds, {"sample_kds_url": kds.base_url}
+
+
+@contextlib.asynccontextmanager
+async def fleet_target(args: argparse.Namespace, workdir: Path):  # type: ignore[no-untyped-def]
+    """Embedded NATS/Redis, the simulated vendor's key server, and the REMITS stack: in this
+    process (--processes 0) or as N `remits up` server processes sharing one port (SO_REUSEPORT),
+    so the simulated fleet's own crypto does not compete with the service for one event loop."""
+    from shared.cache import Store
+
+    args.nats = args.redis = None
+    async with embedded_infrastructure(args, workdir) as urls:
+        base = {**urls, "data_dir": workdir / "data", "http_port": 0}
+        settings = settings_from_args(args, **base)
+        init_data_dir(settings)
+        fleet, kds, extra = await simulated_vendor(args, settings)
+        settings = settings_from_args(args, **base, **extra)
+        store = Store.from_url(settings.redis_url)
+        servers: list[asyncio.subprocess.Process] = []
+        stack: Stack | None = None
+        try:
+            if args.processes <= 0:
+                stack = Stack(settings)
+                await stack.start()
+                url = stack.gateway_url
+            else:
+                port = free_port()
+                for index in range(args.processes):
+                    servers.append(await spawn_server(settings, port, workdir / f"server-{index}.log"))
+                url = f"http://127.0.0.1:{port}"
+            yield url, fleet, store
+        finally:
+            if stack is not None:
+                await stack.stop()
+            await stop_processes(servers)
+            await store.close()
+            await kds.stop()
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from services.demo.fleet import run_fleet
+
+    if args.fleet < 1 or not 0 <= args.bad <= args.fleet:
+        print("remits demo: need --fleet >= 1 and 0 <= --bad <= --fleet", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="remits-demo-") as tmp:
+        async with fleet_target(args, Path(tmp)) as (url, fleet, store):
+            summary = await run_fleet(url, fleet, store, args.fleet, args.bad, args.concurrency)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"REMITS demo: {summary['submitted']} simulated guests ({args.bad} deliberately bad)")
+        print(
+            f"  affirming {summary['affirming']}, warning {summary['warning']}, "
+            f"contraindicated {summary['contraindicated']}, rejected {summary['rejected']}, errors {summary['errors']}"
+        )
+        print(f"  secrets released: {summary['secrets_released']}")
+        print(
+            f"  {summary['attestations_per_s']} attestations/s over {summary['elapsed_s']} s; "
+            f"latency p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"
+        )
+        for reason, count in summary["rejection_reasons"].items():
+            print(f"  rejected {count:>4}  {reason}")
+    return 0 if summary["errors"] == 0 else 1

@@ -1,0 +1,151 @@
+"""`remits up`, `remits worker`, `remits setup`, `remits kds`: running the service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from services.cli.common import (
+    add_connection_flags,
+    embedded_infrastructure,
+    host_port,
+    settings_from_args,
+    spawn_server,
+    spawn_worker,
+    start_local_kds,
+    stop_on_signals,
+    stop_processes,
+)
+from services.runtime import COMPONENTS, Stack
+from shared import schemas
+from shared.config import Settings
+from shared.embedded import free_port
+
+
+def replica_spec(value: str) -> tuple[str, int]:
+    """``STAGE=N`` for `remits up --replicas`."""
+    stage, _, count = value.partition("=")
+    if stage not in schemas.STAGES or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"expected STAGE=N with STAGE one of {', '.join(schemas.STAGES)} and N >= 1")
+    return stage, int(count)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    up = sub.add_parser("up", help="run the whole stack (embedded NATS and Redis unless URLs are given)")
+    add_connection_flags(up)
+    up.add_argument("--http", type=host_port, default=None, help="gateway HOST:PORT (default 127.0.0.1:8080)")
+    up.add_argument("--kds", help="sample vendor endorsement server URL (default: start a local one)")
+    up.add_argument("--reuse-port", action="store_true", help="let several `remits up` share the gateway port")
+    up.add_argument(
+        "--processes", type=int, default=None,
+        help="run the whole stack in N processes sharing the gateway port (default: one per core)",
+    )
+    up.add_argument(
+        "--replicas", type=replica_spec, action="append", default=[], metavar="STAGE=N",
+        help="N extra processes for one stage (repeatable), e.g. --replicas identity=2",
+    )
+    up.set_defaults(run=lambda args: asyncio.run(cmd_up(args)))
+
+    worker = sub.add_parser("worker", help="run one component; several replicas may run at once")
+    worker.add_argument("stage", choices=COMPONENTS)
+    add_connection_flags(worker)
+    worker.add_argument("--http", type=host_port, default=None, help="gateway HOST:PORT")
+    worker.add_argument("--kds", help="sample vendor endorsement server URL")
+    worker.add_argument("--reuse-port", action="store_true", help="let several gateways share the port")
+    worker.set_defaults(run=lambda args: asyncio.run(cmd_worker(args)))
+
+    setup = sub.add_parser("setup", help="create or update the JetStream streams and consumers")
+    setup.add_argument("--nats", help="NATS URL")
+    setup.set_defaults(run=lambda args: asyncio.run(cmd_setup(args)))
+
+    kds = sub.add_parser("kds", help="run the sample vendor's endorsement (key) server")
+    kds.add_argument("--data-dir", help="holds sample-pki/ and enrolled device certificates in sample-kds/")
+    kds.add_argument("--http", type=host_port, default=("127.0.0.1", 8099), help="HOST:PORT (default 127.0.0.1:8099)")
+    kds.set_defaults(run=lambda args: asyncio.run(cmd_kds(args)))
+
+
+def default_processes() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    processes = default_processes() if args.processes is None else args.processes
+    if processes < 1:
+        print("remits up: --processes must be at least 1", file=sys.stderr)
+        return 2
+    data_dir = Path(args.data_dir) if args.data_dir else Settings.from_env().data_dir
+    async with embedded_infrastructure(args, data_dir) as urls:
+        extra: dict[str, object] = dict(urls)
+        if processes > 1 or args.replicas:
+            # Every process serves the same gateway port (SO_REUSEPORT); the kernel spreads
+            # connections, and JetStream spreads stage work over the shared durable consumers.
+            port = Settings.from_env().http_port if not args.http else args.http[1]
+            extra.update(http_reuse_port=True, http_port=port or free_port())
+        settings = settings_from_args(args, **extra)
+        kds = None
+        if not args.kds:
+            _, kds = await start_local_kds(settings)
+            settings = settings_from_args(args, **extra, sample_kds_url=kds.base_url)
+        stack = Stack(settings)
+        await stack.start()
+        stop_on_signals(stack.stop_event)
+        children = [
+            await spawn_server(settings, settings.http_port, settings.data_dir / f"up-{index}.log")
+            for index in range(1, processes)
+        ]
+        for stage, count in args.replicas:
+            for index in range(count):
+                log_path = settings.data_dir / f"replica-{stage}-{index}.log"
+                children.append(await spawn_worker(settings, stage, log_path))
+        print(f"REMITS gateway ready at {stack.gateway_url}", flush=True)
+        replicas = " ".join(f"{stage}+{count}" for stage, count in args.replicas)
+        print(
+            f"  nats={settings.nats_url} redis={settings.redis_url} sample-kds={settings.sample_kds_url}"
+            f" processes={processes}" + (f" replicas={replicas}" if replicas else ""),
+            flush=True,
+        )
+        await stack.stop_event.wait()
+        await stop_processes(children)
+        await stack.stop()
+        if kds is not None:
+            await kds.stop()
+    return 0
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    stack = Stack(settings, components=(args.stage,), setup_topology=False)
+    await stack.start()
+    stop_on_signals(stack.stop_event)
+    if stack.gateway_url:
+        print(f"REMITS gateway ready at {stack.gateway_url}", flush=True)
+    print(f"REMITS worker ready: {args.stage} pid={os.getpid()}", flush=True)
+    await stack.stop_event.wait()
+    await stack.stop()
+    return 0
+
+
+async def cmd_setup(args: argparse.Namespace) -> int:
+    from shared.bus import connect, ensure_topology
+
+    settings = settings_from_args(args)
+    nc, js = await connect(settings.nats_url, "remits-setup")
+    await ensure_topology(js, settings)
+    await nc.drain()
+    print("streams and consumers ready")
+    return 0
+
+
+async def cmd_kds(args: argparse.Namespace) -> int:
+    settings = settings_from_args(argparse.Namespace(data_dir=args.data_dir))
+    host, port = args.http
+    _, kds = await start_local_kds(settings, host, port)
+    print(f"sample KDS ready at {kds.base_url}", flush=True)
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    await stop.wait()
+    await kds.stop()
+    return 0
