@@ -15,8 +15,8 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from shared import schemas
-from shared.bus import REPLY_HEADER, REQUEST_ID_HEADER, TEE_HEADER, Publish, publish_headers
-from shared.cache import Store
+from shared.bus import REPLY_HEADER, REQUEST_ID_HEADER, TEE_HEADER, JetStreamPublisher, Publish
+from shared.cache import ConfigWatch, ReferenceValueCache, Store, TtlCache
 from shared.config import Settings
 from shared.errors import RemitsError
 from shared.fetch import EndorsementFetcher
@@ -37,9 +37,20 @@ class StageContext:
     platforms: dict[str, Platform]
     signing_key: ec.EllipticCurvePrivateKey
     fetcher: EndorsementFetcher
-    # Signature checks run here so that a burst of evidence does not stall the event loop.
+    publisher: JetStreamPublisher
+    config_watch: ConfigWatch
+    # Endorsement documents this process already read, until they expire: a warm chip costs no
+    # Redis round trip. (Documents are immutable within their validity; CRLs expire on time.)
+    endorsements: TtlCache[tuple[str, str], list[bytes]] = field(default_factory=lambda: TtlCache(200_000))
+    reference_values: ReferenceValueCache | None = None
+    # Signature checks run here so that a burst of evidence does not stall the event loop; the
+    # checks release the GIL, so the pool overlaps them with the loop's own work.
     crypto_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=2))
     clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        if self.reference_values is None:
+            self.reference_values = ReferenceValueCache(self.store, self.config_watch)
 
     async def run_crypto(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.crypto_pool, fn, *args)
@@ -59,20 +70,29 @@ def reject(meta: schemas.RequestMeta, stage: str, error: RemitsError | str, deta
     return next_stage("decide", schemas.Rejection(meta=meta, stage=stage, reason=reason, detail=detail), stage)
 
 
-async def notify_outcome(ctx: StageContext, reply_to: str, outcome: schemas.Outcome) -> None:
-    """Redis first (a gateway that missed the notification reads it there), then the notification."""
+async def notify_outcome(ctx: StageContext, reply_to: str, outcome: schemas.Outcome, *, stored: bool = False) -> None:
+    """Redis first (a gateway that missed the notification reads it there; ``stored`` when the
+    caller already wrote it), then the notification."""
     data = schemas.encode(outcome)
-    await ctx.store.put_outcome(outcome.request_id, data)
+    if not stored:
+        await ctx.store.put_outcome(outcome.request_id, data)
     if reply_to:
         await ctx.nc.publish(reply_to, data)
 
 
-async def publish_decision_record(ctx: StageContext, decision: schemas.Decision) -> None:
+def decision_record(decision: schemas.Decision) -> Publish:
+    """The one publish of a decision: auditors and the release stage both read it there."""
     subject = schemas.decision_subject(decision.meta.tee, decision.status)
-    await ctx.js.publish(
-        subject,
-        schemas.encode(decision),
-        headers=publish_headers(decision.meta.request_id, f"{decision.meta.request_id}:decision"),
+    return Publish(subject, decision, f"{decision.meta.request_id}:decision")
+
+
+def outcome_of(decision: schemas.Decision) -> schemas.Outcome:
+    return schemas.Outcome(
+        request_id=decision.meta.request_id,
+        status=decision.status,
+        reason=decision.reason,
+        detail=decision.detail,
+        token=decision.token,
     )
 
 
@@ -104,13 +124,17 @@ def make_dead_letter_handler(ctx: StageContext) -> Callable[..., Any]:
             request_id=meta.request_id if meta else "",
             deliveries=deliveries,
         )
-        await ctx.js.publish(schemas.dlq_subject(stage), schemas.encode(letter))
+        await ctx.publisher.publish(schemas.dlq_subject(stage), schemas.encode(letter))
         log.warning("stage.dead_letter", stage=stage, reason=reason, deliveries=deliveries)
         if meta is None:
             return  # nobody to answer: the dead letter is the record
         if isinstance(decoded, schemas.ResourceRequest):
             outcome = schemas.Outcome(meta.request_id, "denied", reason, f"stage {stage} failed")
             await notify_outcome(ctx, meta.reply_to, outcome)
+            return
+        if isinstance(decoded, schemas.Decision):
+            # The release stage could not act on a decision that stands: answer with it as made.
+            await notify_outcome(ctx, meta.reply_to, outcome_of(decoded))
             return
         # The caller still gets exactly one decision: rejected, recorded for audit.
         decision = schemas.Decision(
@@ -123,12 +147,8 @@ def make_dead_letter_handler(ctx: StageContext) -> Callable[..., Any]:
         earlier = await ctx.store.claim_decision(meta.request_id, schemas.encode(decision))
         if earlier is not None:
             decision = schemas.decode_decision(earlier)
-        else:
-            await publish_decision_record(ctx, decision)
-        await notify_outcome(
-            ctx,
-            meta.reply_to,
-            schemas.Outcome(meta.request_id, decision.status, decision.reason, decision.detail, decision.token),
-        )
+        # Published again if it was decided before (same de-duplication id): the release stage
+        # answers the caller from the decision stream either way.
+        await ctx.publisher.send(decision_record(decision), meta.request_id)
 
     return dead_letter

@@ -24,8 +24,8 @@ from services.intake.worker import make_handler as intake_handler
 from services.measure.worker import make_handler as measure_handler
 from services.release.worker import make_handler as release_handler
 from shared import schemas
-from shared.bus import StageRunner, connect, ensure_topology
-from shared.cache import Store
+from shared.bus import RELEASE_DECISIONS_DURABLE, JetStreamPublisher, StageRunner, connect, ensure_topology
+from shared.cache import ConfigWatch, Store
 from shared.config import Settings
 from shared.ear import load_or_create_signing_key
 from shared.fetch import EndorsementFetcher
@@ -37,6 +37,7 @@ from shared.platforms.snp.certs import AmdRoots, load_roots, pinned_roots
 from shared.platforms.snp.platform import SnpPlatform
 from shared.platforms.tdx import pinned_root_der
 from shared.platforms.tdx.platform import DcapPlatform
+from shared.stats import StatsResponder
 from shared.telemetry import configure_logging, configure_tracing, get_logger
 
 log = get_logger("remits.runtime")
@@ -115,6 +116,11 @@ class Stack:
             await ensure_topology(self.js, self.settings)
         self.store = Store.from_url(self.settings.redis_url)
         self.fetcher = EndorsementFetcher()
+        self.publisher = JetStreamPublisher(self.nc)
+        await self.publisher.start()
+        self.config_watch = ConfigWatch(self.store.client)
+        if "measure" in self.components:
+            self.config_watch.start()
         self.ctx = StageContext(
             settings=self.settings,
             nc=self.nc,
@@ -123,21 +129,30 @@ class Stack:
             platforms=build_platforms(self.settings),
             signing_key=load_or_create_signing_key(self.settings.signing_key_path),
             fetcher=self.fetcher,
+            publisher=self.publisher,
+            config_watch=self.config_watch,
         )
+        self.stats = StatsResponder(self.nc, self.components, self._counters)
+        await self.stats.start()
         dead_letter = make_dead_letter_handler(self.ctx)
         for stage in self.components:
-            if stage in HANDLERS:
-                runner = StageRunner(
-                    stage,
-                    self.nc,
-                    self.js,
-                    HANDLERS[stage](self.ctx),
-                    dead_letter,
-                    self.settings,
-                    slow=(stage == "endorse"),
+            if stage not in HANDLERS:
+                continue
+            handler = HANDLERS[stage](self.ctx)
+            runner = StageRunner(
+                stage, self.nc, self.js, handler, dead_letter, self.settings,
+                slow=(stage == "endorse"), publisher=self.publisher,
+            )
+            self.runners[stage] = runner
+            self._tasks.append(asyncio.create_task(runner.run(self.stop_event), name=f"stage-{stage}"))
+            if stage == "release":
+                # Decisions come from the decision stream; resource requests from the stage subject.
+                decisions = StageRunner(
+                    stage, self.nc, self.js, handler, dead_letter, self.settings, publisher=self.publisher,
+                    stream=schemas.DECISION_STREAM, durable=RELEASE_DECISIONS_DURABLE,
                 )
-                self.runners[stage] = runner
-                self._tasks.append(asyncio.create_task(runner.run(self.stop_event), name=f"stage-{stage}"))
+                self.runners["release-decisions"] = decisions
+                self._tasks.append(asyncio.create_task(decisions.run(self.stop_event), name="stage-release-decisions"))
         if "audit" in self.components:
             self._tasks.append(
                 asyncio.create_task(run_audit(self.js, self.settings.audit_log_path, self.stop_event), name="audit")
@@ -146,10 +161,17 @@ class Stack:
             await self._start_gateway()
         log.info("stack.ready", components=list(self.components), gateway=self.gateway_url)
 
+    def _counters(self) -> dict[str, int]:
+        return {
+            "redis_round_trips": self.store.client.round_trips,
+            "redis_commands": self.store.client.commands,
+            "jetstream_publishes": self.publisher.published,
+        }
+
     async def _start_gateway(self) -> None:
         self.waiter = OutcomeWaiter(self.nc, self.store, uuid.uuid4().hex[:12])
         await self.waiter.start()
-        gateway = Gateway(self.settings, self.js, self.store, self.waiter)
+        gateway = Gateway(self.settings, self.publisher, self.store, self.waiter)
         self._site_runner = web.AppRunner(gateway.app(), access_log=None)
         await self._site_runner.setup()
         site = web.TCPSite(
@@ -171,6 +193,9 @@ class Stack:
             await asyncio.wait(self._tasks, timeout=10)
         if "gateway" in self.components:
             await self.waiter.stop()
+        await self.stats.stop()
+        await self.config_watch.stop()
+        await self.publisher.stop()
         await self.fetcher.close()
         with contextlib.suppress(Exception):
             await self.nc.close()

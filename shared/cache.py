@@ -1,22 +1,35 @@
 """Redis helpers: KBS sessions, single-use nonces, the endorsement cache, locks, resources,
-reference values, decision guards and outcome copies. Key layout lives here and nowhere else."""
+reference values, decision guards and outcome copies. Key layout lives here and nowhere else.
+
+Every method is one round trip to Redis (a pipeline or a script counts as one), so the number of
+trips an attestation costs can be read off the callers. In-process caches for what may be reused
+(``TtlCache``) and the change channel that invalidates them (``ConfigWatch``) live here too.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Generic, TypeVar
 
 import msgspec
-import redis.asyncio as aioredis
+
+from shared.resp import RespClient, Script
 
 _PREFIX = "remits:"
+# Provisioning changes (reference values, resources) are announced here so that workers holding
+# them in memory drop their copies at once.
+CONFIG_CHANNEL = f"{_PREFIX}config"
 
 # Atomically take a nonce and remember that it was used, so that a second use is reported as a
 # replay rather than as an unknown nonce. The "used" marker outlives the nonce itself.
-_CONSUME_NONCE = """
+_CONSUME_NONCE = Script("""
 local v = redis.call('GET', KEYS[1])
 if not v then
   local used = redis.call('GET', KEYS[2])
@@ -26,12 +39,12 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[2] .. '|' .. v, 'EX', ARGV[1])
 return {'ok', v}
-"""
+""")
 
-_RELEASE_LOCK = """
+_RELEASE_LOCK = Script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-"""
+""")
 
 
 class NonceState(str, Enum):
@@ -52,20 +65,36 @@ class Session:
     token: str = ""
 
 
-class Store:
-    """Thin async facade over one Redis connection pool."""
+def _session_from_hash(session_id: str, raw: list[bytes] | None) -> Session | None:
+    if not raw:
+        return None
+    fields = {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw) - 1, 2)}
+    return Session(
+        session_id=session_id,
+        tee=fields.get("tee", ""),
+        nonce=fields.get("nonce", ""),
+        expires_at=float(fields.get("expires_at", "0")),
+        state=fields.get("state", "pending"),
+        token=fields.get("token", ""),
+    )
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self.redis = client
-        self._consume = client.register_script(_CONSUME_NONCE)
-        self._unlock = client.register_script(_RELEASE_LOCK)
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Store:
+    """The Redis side of REMITS over one pipelined connection (see ``shared.resp``)."""
+
+    def __init__(self, client: RespClient) -> None:
+        self.client = client
 
     @classmethod
     def from_url(cls, url: str) -> Store:
-        return cls(aioredis.Redis.from_url(url, max_connections=256))
+        return cls(RespClient.from_url(url))
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.client.close()
 
     # -- sessions and nonces -------------------------------------------------------------
     async def create_session(self, tee: str, ttl_s: float, now: float | None = None) -> Session:
@@ -73,37 +102,25 @@ class Store:
         session_id = secrets.token_hex(16)
         nonce = _b64_nonce()
         expires_at = now + ttl_s
-        ttl_ms = max(1, int(ttl_s * 1000))
-        # The nonce record lives longer than its validity so an expired nonce is reported as
+        # The records live longer than their validity so an expired nonce is reported as
         # "expired" (with its own reason) instead of "unknown".
-        grace_ms = ttl_ms + 600_000
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
-            f"{_PREFIX}session:{session_id}",
-            mapping={"tee": tee, "nonce": nonce, "expires_at": repr(expires_at), "state": "pending"},
+        grace_ms = max(1, int(ttl_s * 1000)) + 600_000
+        key = f"{_PREFIX}session:{session_id}"
+        # Not a transaction: the ids are fresh, so nobody can observe the records half-written.
+        await self.client.pipeline(
+            [
+                ("HSET", key, "tee", tee, "nonce", nonce, "expires_at", repr(expires_at), "state", "pending"),
+                ("PEXPIRE", key, grace_ms),
+                (
+                    "SET", f"{_PREFIX}nonce:{nonce}",
+                    json.dumps({"session_id": session_id, "expires_at": expires_at}), "PX", grace_ms,
+                ),
+            ]
         )
-        pipe.pexpire(f"{_PREFIX}session:{session_id}", grace_ms)
-        pipe.set(
-            f"{_PREFIX}nonce:{nonce}",
-            json.dumps({"session_id": session_id, "expires_at": expires_at}),
-            px=grace_ms,
-        )
-        await pipe.execute()
         return Session(session_id, tee, nonce, expires_at, "pending")
 
     async def get_session(self, session_id: str) -> Session | None:
-        raw = await self.redis.hgetall(f"{_PREFIX}session:{session_id}")
-        if not raw:
-            return None
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
-        return Session(
-            session_id=session_id,
-            tee=fields.get("tee", ""),
-            nonce=fields.get("nonce", ""),
-            expires_at=float(fields.get("expires_at", "0")),
-            state=fields.get("state", "pending"),
-            token=fields.get("token", ""),
-        )
+        return _session_from_hash(session_id, await self.client.execute("HGETALL", f"{_PREFIX}session:{session_id}"))
 
     async def consume_nonce(
         self, nonce: str, session_id: str, request_id: str, now: float | None = None
@@ -111,11 +128,10 @@ class Store:
         """Single use: the first request wins, every other request sees REPLAYED. A redelivery of
         the request that consumed the nonce gets the same answer again (idempotent)."""
         now = time.time() if now is None else now
-        state, value = await self._consume(
-            keys=[f"{_PREFIX}nonce:{nonce}", f"{_PREFIX}nonce-used:{nonce}"], args=[3600, request_id]
+        state_raw, value_raw = await self.client.run_script(
+            _CONSUME_NONCE, [f"{_PREFIX}nonce:{nonce}", f"{_PREFIX}nonce-used:{nonce}"], [3600, request_id]
         )
-        state = state.decode() if isinstance(state, bytes) else state
-        value = value.decode() if isinstance(value, bytes) else value
+        state, value = _text(state_raw), _text(value_raw)
         if state == "replayed":
             consumer, _, first_record = value.partition("|")
             if consumer != request_id:
@@ -130,75 +146,197 @@ class Store:
             return NonceState.EXPIRED
         return NonceState.OK
 
-    async def mark_attested(self, session_id: str, token: str, ttl_s: float) -> None:
+    async def mark_attested(
+        self, session_id: str, token: str, ttl_s: float, outcome: tuple[str, bytes] | None = None
+    ) -> None:
+        """The session now holds its token; with ``outcome`` (request id, encoded outcome), the
+        gateway's fallback copy is written in the same round trip."""
         key = f"{_PREFIX}session:{session_id}"
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping={"state": "attested", "token": token})
-        pipe.pexpire(key, max(1, int(ttl_s * 1000)))
-        await pipe.execute()
+        commands: list[tuple[str | bytes | int, ...]] = [
+            ("HSET", key, "state", "attested", "token", token),
+            ("PEXPIRE", key, max(1, int(ttl_s * 1000))),
+        ]
+        if outcome is not None:
+            commands.append(_put_outcome_command(*outcome))
+        await self.client.pipeline(commands)
 
     # -- endorsements --------------------------------------------------------------------
-    async def get_endorsement(self, tee: str, key: str) -> list[bytes] | None:
-        raw = await self.redis.get(f"{_PREFIX}endorsement:{tee}:{key}")
-        return None if raw is None else msgspec.msgpack.decode(raw, type=list[bytes])
+    async def get_endorsement(self, tee: str, key: str) -> tuple[list[bytes] | None, float]:
+        """The cached document list (``[]`` caches "the vendor does not know this key") and how
+        many seconds it stays valid."""
+        raw, pttl = await self.client.pipeline(
+            [("GET", f"{_PREFIX}endorsement:{tee}:{key}"), ("PTTL", f"{_PREFIX}endorsement:{tee}:{key}")]
+        )
+        if raw is None:
+            return None, 0.0
+        return msgspec.msgpack.decode(raw, type=list[bytes]), max(0.0, int(pttl) / 1000.0)
 
     async def put_endorsement(self, tee: str, key: str, chain: list[bytes], ttl_s: int) -> None:
-        await self.redis.set(
-            f"{_PREFIX}endorsement:{tee}:{key}", msgspec.msgpack.encode(chain), ex=max(1, ttl_s)
+        await self.client.execute(
+            "SET", f"{_PREFIX}endorsement:{tee}:{key}", msgspec.msgpack.encode(chain), "EX", max(1, ttl_s)
         )
 
     async def acquire_lock(self, name: str, ttl_s: float) -> str | None:
         token = secrets.token_hex(8)
-        ok = await self.redis.set(f"{_PREFIX}lock:{name}", token, nx=True, px=max(1, int(ttl_s * 1000)))
-        return token if ok else None
+        ok = await self.client.execute("SET", f"{_PREFIX}lock:{name}", token, "NX", "PX", max(1, int(ttl_s * 1000)))
+        return token if ok is not None else None
 
     async def release_lock(self, name: str, token: str) -> None:
-        await self._unlock(keys=[f"{_PREFIX}lock:{name}"], args=[token])
+        await self.client.run_script(_RELEASE_LOCK, [f"{_PREFIX}lock:{name}"], [token])
 
     # -- resources (secrets; never logged) ----------------------------------------------
     async def put_resource(self, path: str, value: bytes) -> None:
-        await self.redis.set(f"{_PREFIX}resource:{path}", value)
+        await self.client.pipeline(
+            [("SET", f"{_PREFIX}resource:{path}", value), ("PUBLISH", CONFIG_CHANNEL, f"resource:{path}")]
+        )
 
     async def get_resource(self, path: str) -> bytes | None:
-        return await self.redis.get(f"{_PREFIX}resource:{path}")
+        value: bytes | None = await self.client.execute("GET", f"{_PREFIX}resource:{path}")
+        return value
+
+    async def session_and_resource(self, session_id: str, path: str) -> tuple[Session | None, bytes | None]:
+        """What a resource request needs, in one round trip: the presenting session (if any) and
+        the resource."""
+        if not session_id:
+            return None, await self.get_resource(path)
+        raw, value = await self.client.pipeline(
+            [("HGETALL", f"{_PREFIX}session:{session_id}"), ("GET", f"{_PREFIX}resource:{path}")]
+        )
+        return _session_from_hash(session_id, raw), value
 
     async def delete_resource(self, path: str) -> None:
-        await self.redis.delete(f"{_PREFIX}resource:{path}")
+        await self.client.pipeline(
+            [("DEL", f"{_PREFIX}resource:{path}"), ("PUBLISH", CONFIG_CHANNEL, f"resource:{path}")]
+        )
 
     # -- reference values ----------------------------------------------------------------
     async def add_reference_values(self, tee: str, name: str, values: list[str]) -> None:
         if values:
-            await self.redis.sadd(f"{_PREFIX}refval:{tee}:{name}", *values)
+            await self.client.pipeline(
+                [("SADD", f"{_PREFIX}refval:{tee}:{name}", *values), ("PUBLISH", CONFIG_CHANNEL, f"refval:{tee}")]
+            )
 
     async def get_reference_values(self, tee: str, name: str) -> frozenset[str]:
-        members = await self.redis.smembers(f"{_PREFIX}refval:{tee}:{name}")
+        members = await self.client.execute("SMEMBERS", f"{_PREFIX}refval:{tee}:{name}")
         return frozenset(m.decode() for m in members)
 
     async def get_reference_value_sets(self, tee: str, names: tuple[str, ...]) -> dict[str, frozenset[str]]:
         """Several named sets in one round trip (every appraisal reads all of its platform's)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.smembers(f"{_PREFIX}refval:{tee}:{name}")
-        results = await pipe.execute()
+        results = await self.client.pipeline([("SMEMBERS", f"{_PREFIX}refval:{tee}:{name}") for name in names])
         return {name: frozenset(m.decode() for m in members) for name, members in zip(names, results, strict=True)}
 
     # -- exactly one decision per request ------------------------------------------------
     async def claim_decision(self, request_id: str, encoded: bytes, ttl_s: int = 86400) -> bytes | None:
         """Store the decision unless one exists; return the earlier one if it does."""
         key = f"{_PREFIX}decision:{request_id}"
-        if await self.redis.set(key, encoded, nx=True, ex=ttl_s):
-            return None
-        return await self.redis.get(key)
+        won, stored = await self.client.pipeline([("SET", key, encoded, "NX", "EX", ttl_s), ("GET", key)])
+        return None if won is not None else stored
 
     # -- outcomes, so a gateway that missed the notification can still answer -------------
     async def put_outcome(self, request_id: str, encoded: bytes, ttl_s: int = 600) -> None:
-        await self.redis.set(f"{_PREFIX}outcome:{request_id}", encoded, ex=ttl_s)
+        await self.client.execute(*_put_outcome_command(request_id, encoded, ttl_s))
 
     async def get_outcome(self, request_id: str) -> bytes | None:
-        return await self.redis.get(f"{_PREFIX}outcome:{request_id}")
+        value: bytes | None = await self.client.execute("GET", f"{_PREFIX}outcome:{request_id}")
+        return value
+
+
+def _put_outcome_command(request_id: str, encoded: bytes, ttl_s: int = 600) -> tuple[str | bytes | int, ...]:
+    return ("SET", f"{_PREFIX}outcome:{request_id}", encoded, "EX", ttl_s)
 
 
 def _b64_nonce() -> str:
     import base64
 
     return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class TtlCache(Generic[K, V]):
+    """A bounded in-process cache whose entries expire; least recently used entries go first."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._entries: OrderedDict[K, tuple[V, float]] = OrderedDict()
+        self._max = max_entries
+        self._now = time.monotonic
+
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        value, expires = entry
+        if self._now() >= expires:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V, ttl_s: float) -> None:
+        if ttl_s <= 0:
+            return
+        self._entries[key] = (value, self._now() + ttl_s)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class ConfigWatch:
+    """Follows the provisioning change channel. ``epoch`` moves on every change and whenever the
+    subscription is lost, so a copy taken under an older epoch is never used again; while the
+    channel is down ``live`` is false and callers must not cache at all."""
+
+    def __init__(self, client: RespClient) -> None:
+        self._client = client
+        self.epoch = 0
+        self.live = False
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(
+            self._client.subscribe(CONFIG_CHANNEL, self._on_change, self._stop, self._on_state), name="config-watch"
+        )
+
+    def _on_change(self, _: bytes) -> None:
+        self.epoch += 1
+
+    def _on_state(self, live: bool) -> None:
+        self.live = live
+        self.epoch += 1
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=2)
+
+
+class ReferenceValueCache:
+    """Reference-value sets in memory, re-read after any provisioning change (and at least every
+    ``max_age_s``, a bound on staleness should a change notice ever be missed)."""
+
+    def __init__(self, store: Store, watch: ConfigWatch, max_age_s: float = 10.0) -> None:
+        self._store = store
+        self._watch = watch
+        self._max_age_s = max_age_s
+        self._sets: dict[tuple[str, tuple[str, ...]], tuple[dict[str, frozenset[str]], int, float]] = {}
+
+    async def get(self, tee: str, names: tuple[str, ...]) -> dict[str, frozenset[str]]:
+        key = (tee, names)
+        cached = self._sets.get(key)
+        now = time.monotonic()
+        if cached is not None and self._watch.live and cached[1] == self._watch.epoch and now - cached[2] < self._max_age_s:
+            return cached[0]
+        epoch = self._watch.epoch
+        sets = await self._store.get_reference_value_sets(tee, names)
+        if self._watch.live and epoch == self._watch.epoch:
+            self._sets[key] = (sets, epoch, now)
+        return sets

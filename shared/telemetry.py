@@ -1,4 +1,10 @@
-"""structlog JSON logging and OpenTelemetry tracing, with trace context carried in NATS headers."""
+"""structlog JSON logging and OpenTelemetry tracing, with trace context carried in NATS headers.
+
+Tracing is paid for only when it is used: with no exporter configured, no span is created at all;
+with one, a parent-based ratio sampler (``REMITS_TRACE_SAMPLE_RATIO``, default 1 %) picks the
+traces at the gateway, and the stages open spans only for messages whose ``traceparent`` says
+"sampled". Unsampled messages carry no trace headers, so they cost the stages nothing.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,12 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
     SpanExportResult,
+)
+from opentelemetry.sdk.trace.sampling import (
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
 )
 
 _configured_logging = False
@@ -79,30 +91,92 @@ class JsonLinesSpanExporter(SpanExporter):
         return None
 
 
+DEFAULT_SAMPLE_RATIO = 0.01
+
+
+class AdjustableRatioSampler(Sampler):
+    """Parent-based ratio sampling whose ratio can change while tracers exist (tests, operators)."""
+
+    def __init__(self, ratio: float) -> None:
+        self.set_ratio(ratio)
+
+    def set_ratio(self, ratio: float) -> None:
+        self.ratio = min(1.0, max(0.0, ratio))
+        self._delegate = ParentBased(TraceIdRatioBased(self.ratio))
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        return self._delegate.should_sample(*args, **kwargs)
+
+    def get_description(self) -> str:
+        return f"AdjustableRatioSampler({self.ratio})"
+
+
 _provider: TracerProvider | None = None
+_sampler: AdjustableRatioSampler | None = None
+_tracer: trace.Tracer | None = None
+# True once a span processor is installed: only then are spans worth creating.
+_exporting = False
 
 
-def configure_tracing(service_name: str = "remits", exporter: SpanExporter | None = None) -> TracerProvider:
-    """Install a tracer provider once. ``REMITS_TRACE_FILE`` selects the JSON-lines exporter."""
-    global _provider
+def _env_ratio() -> float:
+    try:
+        return float(os.environ.get("REMITS_TRACE_SAMPLE_RATIO", DEFAULT_SAMPLE_RATIO))
+    except ValueError:
+        return DEFAULT_SAMPLE_RATIO
+
+
+def configure_tracing(
+    service_name: str = "remits", exporter: SpanExporter | None = None, sample_ratio: float | None = None
+) -> TracerProvider:
+    """Install a tracer provider once. ``REMITS_TRACE_FILE`` selects the JSON-lines exporter;
+    ``exporter`` adds one (tests); ``sample_ratio`` overrides ``REMITS_TRACE_SAMPLE_RATIO``."""
+    global _provider, _sampler, _exporting
     if _provider is None:
-        _provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        _sampler = AdjustableRatioSampler(_env_ratio())
+        _provider = TracerProvider(resource=Resource.create({"service.name": service_name}), sampler=_sampler)
         trace.set_tracer_provider(_provider)
         path = os.environ.get("REMITS_TRACE_FILE")
         if path:
             _provider.add_span_processor(BatchSpanProcessor(JsonLinesSpanExporter(path)))
+            _exporting = True
     if exporter is not None:
         _provider.add_span_processor(SimpleSpanProcessor(exporter))
+        _exporting = True
+    if sample_ratio is not None and _sampler is not None:
+        _sampler.set_ratio(sample_ratio)
     return _provider
 
 
+def tracing_enabled() -> bool:
+    return _exporting
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer("remits")
+    global _tracer
+    if _tracer is None:
+        _tracer = trace.get_tracer("remits")
+    return _tracer
 
 
 def inject_headers(headers: dict[str, str]) -> dict[str, str]:
-    propagate.inject(headers)
+    """Adds the current trace context, but only for a sampled span: an unsampled request carries
+    no trace headers, so no later stage spends anything on it."""
+    if _exporting and trace.get_current_span().get_span_context().trace_flags.sampled:
+        propagate.inject(headers)
     return headers
+
+
+def is_sampled(headers: Mapping[str, str] | None) -> bool:
+    """Whether a message's W3C traceparent asks for a span (the sampled flag), read without parsing."""
+    if not _exporting or not headers:
+        return False
+    traceparent = headers.get("traceparent")
+    if not traceparent or len(traceparent) < 2:
+        return False
+    try:
+        return bool(int(traceparent[-2:], 16) & 0x01)  # bit 0 of the flags; others (e.g. "random") vary
+    except ValueError:
+        return False
 
 
 def extract_context(headers: Mapping[str, str] | None) -> otel_context.Context:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.common import StageContext, next_stage, publish_decision_record, reject
+from services.common import StageContext, decision_record, reject
 from shared import schemas
 from shared.bus import Publish
 from shared.ear import EarSigner, build_ear_claims, status_of
@@ -68,7 +68,7 @@ def make_handler(ctx: StageContext):
         if earlier is not None:
             # A redelivery (or a dead-letter path) decided already: keep that one decision.
             decision = schemas.decode_decision(earlier)
-        await publish_decision_record(ctx, decision)
-        return [next_stage("release", decision, STAGE)]
+        # The decision stream is both the audit record and the release stage's input.
+        return [decision_record(decision)]
 
     return handle

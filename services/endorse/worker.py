@@ -57,13 +57,16 @@ async def _read_offline(ctx: StageContext, tee: str, request: EndorsementRequest
 async def obtain_document(ctx: StageContext, platform: Platform, request: EndorsementRequest) -> tuple[bytes, str]:
     """Cache, offline directory, else one vendor fetch per key fleet-wide: (document, source)."""
     tee = platform.tee
+    local_key = (tee, request.cache_key)
+    local = ctx.endorsements.get(local_key)
+    if local is not None:
+        return _cached(local, request)
     waited = 0.0
     while True:
-        cached = await ctx.store.get_endorsement(tee, request.cache_key)
+        cached, ttl_s = await ctx.store.get_endorsement(tee, request.cache_key)
         if cached is not None:
-            if not cached:  # a cached "the vendor does not know this key"
-                raise EndorsementError("endorsement.not_found", request.url)
-            return cached[0], "cache"
+            ctx.endorsements.put(local_key, cached, ttl_s)
+            return _cached(cached, request)
         offline = await _read_offline(ctx, tee, request)
         if offline is not None:
             return offline, "offline"
@@ -88,15 +91,23 @@ async def obtain_document(ctx: StageContext, platform: Platform, request: Endors
             if err.reason == "endorsement.not_found":
                 # Negative cache, short: a fleet of unknown chips must not hammer the vendor.
                 await ctx.store.put_endorsement(tee, request.cache_key, [], _NEGATIVE_TTL_S)
+                ctx.endorsements.put(local_key, [], _NEGATIVE_TTL_S)
             raise
         now = datetime.fromtimestamp(ctx.clock(), tz=UTC)
         ttl = platform.document_ttl(request, document, now)
         default = ctx.settings.endorsement_cache_ttl_s
         ttl = default if ttl is None else max(1, min(ttl, default))
         await ctx.store.put_endorsement(tee, request.cache_key, [document], ttl)
+        ctx.endorsements.put(local_key, [document], ttl)
         return document, "fetch"
     finally:
         await ctx.store.release_lock(f"fetch:{tee}:{request.cache_key}", token)
+
+
+def _cached(documents: list[bytes], request: EndorsementRequest) -> tuple[bytes, str]:
+    if not documents:  # a cached "the vendor does not know this key"
+        raise EndorsementError("endorsement.not_found", request.url)
+    return documents[0], "cache"
 
 
 async def _fetch_first_known(ctx: StageContext, request: EndorsementRequest) -> bytes:

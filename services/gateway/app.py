@@ -5,19 +5,19 @@ it verifies nothing itself, so every decision comes from the stages."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import time
-import uuid
 from typing import Any
 
 import msgspec
 import structlog
 from aiohttp import web
-from nats.js import JetStreamContext
 
 from services.gateway.waiter import OutcomeWaiter
 from shared import schemas
-from shared.bus import Publish, publish
+from shared.bus import JetStreamPublisher, Publish
 from shared.cache import Store
 from shared.config import Settings
 from shared.ear import EarSigner, load_or_create_signing_key
@@ -29,7 +29,7 @@ from shared.kbs.wire import (
     error_body,
     validate_tee_pubkey,
 )
-from shared.telemetry import get_logger, tracer
+from shared.telemetry import get_logger, tracer, tracing_enabled
 
 log = get_logger("remits.gateway")
 COOKIE = "kbs-session-id"
@@ -52,10 +52,21 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return await request.read()  # aiohttp enforces client_max_size while reading
 
 
+def _request_id() -> str:
+    return os.urandom(16).hex()
+
+
+def _root_span(name: str, request_id: str) -> contextlib.AbstractContextManager[Any]:
+    """The trace's root span, only when spans go anywhere (the sampler then picks the traces)."""
+    if not tracing_enabled():
+        return contextlib.nullcontext()
+    return tracer().start_as_current_span(name, attributes={"remits.request_id": request_id})
+
+
 class Gateway:
-    def __init__(self, settings: Settings, js: JetStreamContext, store: Store, waiter: OutcomeWaiter) -> None:
+    def __init__(self, settings: Settings, publisher: JetStreamPublisher, store: Store, waiter: OutcomeWaiter) -> None:
         self.settings = settings
-        self.js = js
+        self.publisher = publisher
         self.store = store
         self.waiter = waiter
         self.token_public_jwk = EarSigner(load_or_create_signing_key(settings.signing_key_path)).public_jwk()
@@ -124,7 +135,7 @@ class Gateway:
             return _error(401, "InvalidSession", "no session: POST /kbs/v0/auth first")
         body = decode_attestation(await _read_body(request, self.settings.max_body_bytes))
         tee_pubkey = validate_tee_pubkey(body.runtime_data.tee_pubkey)
-        request_id = uuid.uuid4().hex
+        request_id = _request_id()
         meta = schemas.RequestMeta(
             request_id=request_id,
             tee=session.tee,
@@ -142,10 +153,10 @@ class Gateway:
         )
         with (
             structlog.contextvars.bound_contextvars(request_id=request_id, stage="gateway"),
-            tracer().start_as_current_span("remits.gateway.attest", attributes={"remits.request_id": request_id}),
+            _root_span("remits.gateway.attest", request_id),
         ):
             outcome = await self._submit(Publish(schemas.stage_subject("intake"), message, f"{request_id}:gateway"), meta)
-            log.info("attest.answered", tee=session.tee, status=outcome.status, reason=outcome.reason)
+            log.debug("attest.answered", tee=session.tee, status=outcome.status, reason=outcome.reason)
         if outcome.reason in _UNAVAILABLE:
             # The pipeline did not decide (yet): tell the guest to retry, not that it failed.
             return _error(503, "ServiceUnavailable", f"{outcome.reason}: {outcome.detail}")
@@ -158,7 +169,7 @@ class Gateway:
     async def _submit(self, item: Publish, meta: schemas.RequestMeta) -> schemas.Outcome:
         future = self.waiter.expect(meta.request_id)
         try:
-            await publish(self.js, item, meta.request_id)
+            await self.publisher.send(item, meta.request_id)
         except Exception as exc:
             self.waiter.forget(meta.request_id)
             log.error("gateway.publish_failed", error=repr(exc))
@@ -166,37 +177,39 @@ class Gateway:
         return await self.waiter.wait(meta.request_id, future, self.settings.request_timeout_s)
 
     async def get_resource(self, request: web.Request) -> web.Response:
+        """The release stage reads the session (for its token) together with the resource, so the
+        gateway only passes on what the guest presented: its cookie and/or a bearer token."""
         path = "/".join(request.match_info[k] for k in ("repository", "type", "tag"))
-        token = ""
-        session = await self._session(request)
-        if session is not None and session.state == "attested":
-            token = session.token
+        session_id = request.cookies.get(COOKIE, "")
+        if len(session_id) != 32:
+            session_id = ""
         auth = request.headers.get("Authorization", "")
-        if not token and auth.startswith("Bearer "):
-            token = auth[len("Bearer "):].strip()
-        if not token:
+        token = auth[len("Bearer "):].strip() if auth.startswith("Bearer ") else ""
+        if not token and not session_id:
             return _error(401, "TokenNotFound", "attest first, or send Authorization: Bearer <token>")
-        request_id = uuid.uuid4().hex
+        request_id = _request_id()
         meta = schemas.RequestMeta(
             request_id=request_id,
-            tee=session.tee if session else "token",
+            tee="resource",
             reply_to=self.waiter.subject,
             submitted_at=time.time(),
-            session_id=session.session_id if session else "",
+            session_id=session_id,
         )
         message = schemas.ResourceRequest(meta=meta, token=token, resource_path=path)
         with (
             structlog.contextvars.bound_contextvars(request_id=request_id, stage="gateway"),
-            tracer().start_as_current_span("remits.gateway.resource", attributes={"remits.request_id": request_id}),
+            _root_span("remits.gateway.resource", request_id),
         ):
             outcome = await self._submit(Publish(schemas.stage_subject("release"), message, f"{request_id}:gateway"), meta)
-            log.info("resource.answered", resource=path, status=outcome.status, reason=outcome.reason)
+            log.debug("resource.answered", resource=path, status=outcome.status, reason=outcome.reason)
         if outcome.status == "released":
             return web.Response(body=outcome.jwe, content_type="application/json")
         if outcome.reason in _UNAVAILABLE:
             return _error(503, "ServiceUnavailable", f"{outcome.reason}: {outcome.detail}")
         if outcome.status == "not_found":
             return _error(404, "ResourceNotFound", f"{outcome.reason}: {outcome.detail}")
+        if outcome.reason == "token.not_found":
+            return _error(401, "TokenNotFound", outcome.detail)
         variant = "TokenVerifierError" if outcome.reason.startswith("token.") else "PolicyDeny"
         return _error(401, variant, f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason)
 

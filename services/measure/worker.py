@@ -22,7 +22,8 @@ def make_handler(ctx: StageContext):
         platform = ctx.platforms.get(message.meta.tee)
         if platform is None:
             return [reject(message.meta, STAGE, "tee.unsupported", message.meta.tee)]
-        references = await ctx.store.get_reference_value_sets(message.meta.tee, tuple(platform.reference_names))
+        assert ctx.reference_values is not None
+        references = await ctx.reference_values.get(message.meta.tee, tuple(platform.reference_names))
         try:
             appraisal = platform.appraise(message.evidence, message.claims, references)
         except RemitsError as err:

@@ -1,5 +1,8 @@
 """Secret release (key broker): records attested sessions and releases resources, wrapped as JWE to
-the TEE's key, only against a valid, unexpired, affirming token signed by this service."""
+the TEE's key, only against a valid, unexpired, affirming token signed by this service.
+
+It has two inputs: decisions, read from the decision stream (the record auditors read), and
+resource requests from the gateway on its stage subject."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from services.common import StageContext, notify_outcome
+from services.common import StageContext, notify_outcome, outcome_of
 from shared import schemas
 from shared.bus import Publish
 from shared.ear import submod_status, tee_pubkey_from_claims, verify_ear
@@ -27,41 +30,47 @@ def make_handler(ctx: StageContext):
 
     async def on_decision(decision: schemas.Decision) -> None:
         meta = decision.meta
+        outcome = outcome_of(decision)
+        encoded = schemas.encode(outcome)
         if decision.status != "rejected" and meta.session_id:
-            await ctx.store.mark_attested(meta.session_id, decision.token, ctx.settings.token_lifetime_s)
-        outcome = schemas.Outcome(
-            request_id=meta.request_id,
-            status=decision.status,
-            reason=decision.reason,
-            detail=decision.detail,
-            token=decision.token,
-        )
-        await notify_outcome(ctx, meta.reply_to, outcome)
+            # The session's token and the gateway's fallback copy of the outcome in one trip.
+            await ctx.store.mark_attested(
+                meta.session_id, decision.token, ctx.settings.token_lifetime_s, (meta.request_id, encoded)
+            )
+        else:
+            await ctx.store.put_outcome(meta.request_id, encoded)
+        await notify_outcome(ctx, meta.reply_to, outcome, stored=True)
 
     async def release(request: schemas.ResourceRequest) -> schemas.Outcome:
         rid = request.meta.request_id
         if not RESOURCE_PATH.match(request.resource_path):
             return schemas.Outcome(rid, "denied", "resource.bad_path", request.resource_path)
+        session, secret = await ctx.store.session_and_resource(request.meta.session_id, request.resource_path)
+        # An attested session's own token first (the cookie), else the bearer token presented.
+        token = session.token if session is not None and session.state == "attested" else request.token
+        if not token:
+            return schemas.Outcome(rid, "denied", "token.not_found", "attest first, or send Authorization: Bearer <token>")
         try:
-            claims = verify_ear(request.token, trusted_key, now=int(ctx.clock()))
+            claims = verify_ear(token, trusted_key, now=int(ctx.clock()))
             status = submod_status(claims)
             if status != "affirming":
                 return schemas.Outcome(rid, "denied", "policy.status_not_affirming", f"ear.status is {status}")
             tee_jwk = tee_pubkey_from_claims(claims)
-            secret = await ctx.store.get_resource(request.resource_path)
             if secret is None:
                 return schemas.Outcome(rid, "not_found", "resource.not_found", request.resource_path)
             jwe = wrap_secret(secret, tee_jwk)
         except RemitsError as err:
             return schemas.Outcome(rid, "denied", err.reason, err.detail)
-        log.info("resource.released", resource=request.resource_path)  # never the value
+        log.debug("resource.released", resource=request.resource_path)  # never the value
         return schemas.Outcome(rid, "released", jwe=msgspec.json.encode(jwe))
 
     async def handle(message: schemas.StageUnion) -> Sequence[Publish]:
         if isinstance(message, schemas.Decision):
             await on_decision(message)
         elif isinstance(message, schemas.ResourceRequest):
-            await notify_outcome(ctx, message.meta.reply_to, await release(message))
+            # No Redis copy: a resource fetch that times out is simply asked again by the guest.
+            outcome = await release(message)
+            await notify_outcome(ctx, message.meta.reply_to, outcome, stored=True)
         else:
             await notify_outcome(
                 ctx,

@@ -19,7 +19,7 @@ from services.common import make_dead_letter_handler
 from services.demo.client import GuestClient, sample_evidence
 from shared import schemas
 from shared.bus import REPLY_HEADER, REQUEST_ID_HEADER, TEE_HEADER, StageRunner
-from shared.telemetry import configure_tracing
+from shared.telemetry import DEFAULT_SAMPLE_RATIO, configure_tracing
 from tests.conftest import RunningStack, start_stack
 
 pytestmark = pytest.mark.integration
@@ -84,8 +84,17 @@ async def test_every_attestation_gets_one_audited_decision(running: RunningStack
 
 async def test_one_trace_spans_gateway_to_release(running: RunningStack) -> None:
     exporter = InMemorySpanExporter()
-    configure_tracing(exporter=exporter)
-    _, status, _ = await attest(running, running.enroll())
+    configure_tracing(exporter=exporter, sample_ratio=0.0)
+    try:
+        # Not sampled: not one span anywhere, and the stages see no trace headers.
+        _, status, _ = await attest(running, running.enroll())
+        assert status == 200
+        await asyncio.sleep(0.2)
+        assert exporter.get_finished_spans() == ()
+        configure_tracing(sample_ratio=1.0)
+        _, status, _ = await attest(running, running.enroll())
+    finally:
+        configure_tracing(sample_ratio=DEFAULT_SAMPLE_RATIO)
     assert status == 200
     await asyncio.sleep(0.2)
     spans = exporter.get_finished_spans()

@@ -71,5 +71,6 @@ async def test_decision_guard_keeps_the_first(store: Store) -> None:
 
 async def test_endorsement_cache_round_trip(store: Store) -> None:
     await store.put_endorsement("sample", "device:ab", [b"\x30\x82der"], ttl_s=60)
-    assert await store.get_endorsement("sample", "device:ab") == [b"\x30\x82der"]
-    assert await store.get_endorsement("sample", "device:cd") is None
+    documents, ttl_s = await store.get_endorsement("sample", "device:ab")
+    assert documents == [b"\x30\x82der"] and 55 < ttl_s <= 60
+    assert await store.get_endorsement("sample", "device:cd") == (None, 0.0)
