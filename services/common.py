@@ -43,16 +43,20 @@ class StageContext:
     # Redis round trip. (Documents are immutable within their validity; CRLs expire on time.)
     endorsements: TtlCache[tuple[str, str], list[bytes]] = field(default_factory=lambda: TtlCache(200_000))
     reference_values: ReferenceValueCache | None = None
-    # Signature checks run here so that a burst of evidence does not stall the event loop; the
-    # checks release the GIL, so the pool overlaps them with the loop's own work.
-    crypto_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=2))
+    # Signature checks run here (settings.crypto_threads; none: inline). The checks release the
+    # GIL, so a pool overlaps them with the loop's own work when the process has a core to spare.
+    crypto_pool: ThreadPoolExecutor | None = None
     clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
         if self.reference_values is None:
             self.reference_values = ReferenceValueCache(self.store, self.config_watch)
+        if self.crypto_pool is None and self.settings.crypto_threads > 0:
+            self.crypto_pool = ThreadPoolExecutor(max_workers=self.settings.crypto_threads)
 
     async def run_crypto(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.crypto_pool is None:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self.crypto_pool, fn, *args)
 
 

@@ -200,4 +200,5 @@ class Stack:
         with contextlib.suppress(Exception):
             await self.nc.close()
         await self.store.close()
-        self.ctx.crypto_pool.shutdown(wait=False)
+        if self.ctx.crypto_pool is not None:
+            self.ctx.crypto_pool.shutdown(wait=False)

@@ -42,6 +42,9 @@ class Settings:
     # messages arrive, so this only bounds how quickly an idle worker notices a stop.
     fetch_timeout_s: float = 0.5
     stage_concurrency: int = 128
+    # Threads for signature checks (they release the GIL, so they overlap with the event loop);
+    # 0 runs them inline on the event loop.
+    crypto_threads: int = 2
     # Endorsement server of the simulated "sample" vendor (AMD KDS / Intel PCS come later).
     sample_kds_url: str = "http://127.0.0.1:8099"
     endorsement_cache_ttl_s: int = 24 * 3600
@@ -77,6 +80,7 @@ class Settings:
             max_deliver=int(_env("MAX_DELIVER", str(cls.max_deliver))),
             ack_wait_s=float(_env("ACK_WAIT_S", str(cls.ack_wait_s))),
             fetch_timeout_s=float(_env("FETCH_TIMEOUT_S", str(cls.fetch_timeout_s))),
+            crypto_threads=int(_env("CRYPTO_THREADS", str(cls.crypto_threads))),
             sample_kds_url=_env("SAMPLE_KDS_URL", cls.sample_kds_url),
             admin_token=_env("ADMIN_TOKEN", cls.admin_token),
             offline_endorsements_dir=_optional_path(_env("OFFLINE_ENDORSEMENTS_DIR", "")),

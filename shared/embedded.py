@@ -110,17 +110,16 @@ class EmbeddedInfra:
         self.redis.stop()
 
 
-def nats_server(workdir: Path) -> ManagedServer:
-    """A nats-server with JetStream on a free loopback port (not started)."""
+def nats_server(workdir: Path, monitor_port: int | None = None) -> ManagedServer:
+    """A nats-server with JetStream on a free loopback port (not started); with ``monitor_port``,
+    its HTTP monitoring endpoints (/varz: message counters) too."""
     data = workdir / "nats"
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    return ManagedServer(
-        "nats",
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data)],
-        port,
-        workdir / "nats.log",
-    )
+    argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data)]
+    if monitor_port is not None:
+        argv += ["-m", str(monitor_port)]
+    return ManagedServer("nats", argv, port, workdir / "nats.log")
 
 
 def redis_server(workdir: Path) -> ManagedServer:

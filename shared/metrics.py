@@ -63,6 +63,8 @@ class LogHistogram:
         if self.total == 0:
             return 0.0
         rank = max(1, math.ceil(q / 100.0 * self.total))
+        if rank >= self.total:
+            return self.max_ms  # the largest value is known exactly
         seen = 0
         for b in sorted(self.counts):
             seen += self.counts[b]

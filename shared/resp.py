@@ -88,7 +88,11 @@ class _Protocol(asyncio.Protocol):
         self._waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
         self._on_push = on_push
         self.transport: asyncio.Transport | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
+        # Requests written in one turn of the event loop leave in one write (one system call).
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have the same interface.
@@ -133,12 +137,20 @@ class _Protocol(asyncio.Protocol):
     def send(self, payload: bytes, count: int) -> list[asyncio.Future[Any]]:
         if self.transport is None or self.transport.is_closing():
             raise RedisConnectionError("not connected")
-        loop = asyncio.get_running_loop()
         now = time.monotonic()
-        futures = [loop.create_future() for _ in range(count)]
+        futures = [self._loop.create_future() for _ in range(count)]
         self._waiters.extend((future, now) for future in futures)
-        self.transport.write(payload)
+        self._out.append(payload)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
         return futures
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def oldest_wait(self, now: float) -> float:
         return now - self._waiters[0][1] if self._waiters else 0.0

@@ -49,7 +49,9 @@ class ProcessStats:
         self.counters[name] = self.counters.get(name, 0) + n
 
     def reset(self) -> None:
-        self.stages.clear()
+        # In place: runners hold their StageTimes.
+        for times in self.stages.values():
+            times.wait, times.service, times.processed = LogHistogram(), LogHistogram(), 0
         self.counters.clear()
         self.since = time.time()
 

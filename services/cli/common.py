@@ -89,7 +89,12 @@ async def start_local_kds(settings: Settings, host: str = "127.0.0.1", port: int
 
 def server_environment(settings: Settings) -> dict[str, str]:
     """The settings a child server process cannot take as flags (test vendors' roots, vendor URLs)."""
-    env = dict(os.environ, REMITS_SNP_KDS_URL=settings.snp_kds_url, REMITS_DCAP_PCS_URL=settings.dcap_pcs_url)
+    env = dict(
+        os.environ,
+        REMITS_SNP_KDS_URL=settings.snp_kds_url,
+        REMITS_DCAP_PCS_URL=settings.dcap_pcs_url,
+        REMITS_CRYPTO_THREADS=str(settings.crypto_threads),
+    )
     if settings.snp_roots_dir is not None:
         env["REMITS_SNP_ROOTS_DIR"] = str(settings.snp_roots_dir)
     if settings.dcap_root_ca_path is not None:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
 from services.common import StageContext, notify_outcome, outcome_of
 from shared import schemas
 from shared.bus import Publish
-from shared.ear import submod_status, tee_pubkey_from_claims, verify_ear
+from shared.cache import TtlCache
+from shared.ear import EarVerifier, submod_status, tee_pubkey_from_claims
 from shared.errors import RemitsError
 from shared.jwe import wrap_secret
 from shared.telemetry import get_logger
@@ -26,10 +28,30 @@ RESOURCE_PATH = re.compile(r"^[A-Za-z0-9_.-]{1,128}/[A-Za-z0-9_.-]{1,128}/[A-Za-
 
 
 def make_handler(ctx: StageContext):
-    trusted_key = ctx.signing_key.public_key()
+    verifier = EarVerifier(ctx.signing_key.public_key())
+    # Tokens this replica verified, until they expire: the token a guest presents right after
+    # attesting is byte for byte the one checked when its decision arrived.
+    verified: TtlCache[str, dict[str, Any]] = TtlCache(100_000)
+
+    def verified_claims(token: str) -> dict[str, Any]:
+        claims = verified.get(token)
+        if claims is None:
+            now = ctx.clock()
+            claims = verifier.verify(token, now=int(now))
+            verified.put(token, claims, float(claims["exp"]) - now)
+        return claims
 
     async def on_decision(decision: schemas.Decision) -> None:
         meta = decision.meta
+        if decision.status != "rejected":
+            try:
+                # Never mark a session attested on a token this service did not sign.
+                verified_claims(decision.token)
+            except RemitsError as err:
+                log.warning("decision.token_refused", reason=err.reason, detail=err.detail)
+                decision = schemas.Decision(
+                    meta=meta, status="rejected", decided_at=ctx.clock(), reason=err.reason, detail=err.detail
+                )
         outcome = outcome_of(decision)
         encoded = schemas.encode(outcome)
         if decision.status != "rejected" and meta.session_id:
@@ -51,7 +73,7 @@ def make_handler(ctx: StageContext):
         if not token:
             return schemas.Outcome(rid, "denied", "token.not_found", "attest first, or send Authorization: Bearer <token>")
         try:
-            claims = verify_ear(token, trusted_key, now=int(ctx.clock()))
+            claims = verified_claims(token)
             status = submod_status(claims)
             if status != "affirming":
                 return schemas.Outcome(rid, "denied", "policy.status_not_affirming", f"ear.status is {status}")

@@ -285,3 +285,36 @@ def test_load_or_create_signing_key(tmp_path: Path) -> None:
     )
     with pytest.raises(TypeError):
         load_or_create_signing_key(wrong)
+
+
+def test_tokens_interoperate_with_joserfc(signer: EarSigner, key: ec.EllipticCurvePrivateKey) -> None:
+    """Our hand-built ES256 tokens are what a JOSE library expects, and the other way round."""
+    ours = signer.sign(claims())
+    decoded = jwt.decode(ours, ECKey.import_key(key.public_key()), algorithms=["ES256"])
+    assert decoded.claims == claims() and decoded.header["kid"] == signer.kid
+    theirs = jwt.encode({"alg": "ES256", "typ": "JWT"}, claims(), ECKey.import_key(key), algorithms=["ES256"])
+    assert verify_ear(theirs, key.public_key(), now=NOW) == claims()
+    # A library-made token with a wrong signature still fails with us.
+    other = ec.generate_private_key(ec.SECP256R1())
+    forged = jwt.encode({"alg": "ES256"}, claims(), ECKey.import_key(other), algorithms=["ES256"])
+    with pytest.raises(VerificationError) as err:
+        verify_ear(forged, key.public_key(), now=NOW)
+    assert err.value.check == "token.signature_invalid"
+
+
+def test_verify_refuses_critical_headers_and_short_signatures(key: ec.EllipticCurvePrivateKey) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    signing_input = ".".join(
+        b64url_encode(json.dumps(part).encode()) for part in ({"alg": "ES256", "crit": ["x"], "x": 1}, claims())
+    )
+    r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    crit = f"{signing_input}.{b64url_encode(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+    with pytest.raises(VerificationError) as err:
+        verify_ear(crit, key.public_key(), now=NOW)
+    assert err.value.check == "token.malformed"
+    header, payload, _ = EarSigner(key).sign(claims()).split(".")
+    with pytest.raises(VerificationError) as err:
+        verify_ear(f"{header}.{payload}.{b64url_encode(bytes(63))}", key.public_key(), now=NOW)
+    assert err.value.check == "token.signature_invalid"
