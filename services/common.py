@@ -132,10 +132,6 @@ def make_dead_letter_handler(ctx: StageContext) -> Callable[..., Any]:
         log.warning("stage.dead_letter", stage=stage, reason=reason, deliveries=deliveries)
         if meta is None:
             return  # nobody to answer: the dead letter is the record
-        if isinstance(decoded, schemas.ResourceRequest):
-            outcome = schemas.Outcome(meta.request_id, "denied", reason, f"stage {stage} failed")
-            await notify_outcome(ctx, meta.reply_to, outcome)
-            return
         if isinstance(decoded, schemas.Decision):
             # The release stage could not act on a decision that stands: answer with it as made.
             await notify_outcome(ctx, meta.reply_to, outcome_of(decoded))

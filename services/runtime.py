@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from services.gateway.waiter import OutcomeWaiter
 from services.identity.worker import make_handler as identity_handler
 from services.intake.worker import make_handler as intake_handler
 from services.measure.worker import make_handler as measure_handler
-from services.release.worker import make_handler as release_handler
+from services.release.worker import Release, ResourceResponder
 from shared import schemas
 from shared.bus import RELEASE_DECISIONS_DURABLE, JetStreamPublisher, StageRunner, connect, ensure_topology
 from shared.cache import ConfigWatch, Store
@@ -48,7 +49,6 @@ HANDLERS = {
     "identity": identity_handler,
     "measure": measure_handler,
     "decide": decide_handler,
-    "release": release_handler,
 }
 COMPONENTS = (*schemas.STAGES, "gateway", "audit")
 
@@ -104,6 +104,7 @@ class Stack:
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     gateway_url: str = ""
     runners: dict[str, StageRunner] = field(default_factory=dict)
+    resource_responder: ResourceResponder | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _site_runner: web.AppRunner | None = None
 
@@ -136,29 +137,35 @@ class Stack:
         await self.stats.start()
         dead_letter = make_dead_letter_handler(self.ctx)
         for stage in self.components:
-            if stage not in HANDLERS:
+            if stage not in schemas.STAGES:
                 continue
-            handler = HANDLERS[stage](self.ctx)
-            runner = StageRunner(
-                stage, self.nc, self.js, handler, dead_letter, self.settings,
-                slow=(stage == "endorse"), publisher=self.publisher,
-            )
-            self.runners[stage] = runner
-            self._tasks.append(asyncio.create_task(runner.run(self.stop_event), name=f"stage-{stage}"))
             if stage == "release":
-                # Decisions come from the decision stream; resource requests from the stage subject.
-                decisions = StageRunner(
-                    stage, self.nc, self.js, handler, dead_letter, self.settings, publisher=self.publisher,
+                # Decisions come from the decision stream; resource fetches are requests answered
+                # directly by the same Release object.
+                release = Release(self.ctx)
+                runner = StageRunner(
+                    stage, self.nc, self.js, release.handle, dead_letter, self.settings, publisher=self.publisher,
                     stream=schemas.DECISION_STREAM, durable=RELEASE_DECISIONS_DURABLE,
                 )
-                self.runners["release-decisions"] = decisions
-                self._tasks.append(asyncio.create_task(decisions.run(self.stop_event), name="stage-release-decisions"))
+                self.resource_responder = ResourceResponder(release, limit=self.settings.stage_concurrency * 8)
+                await self.resource_responder.start()
+            else:
+                runner = StageRunner(
+                    stage, self.nc, self.js, HANDLERS[stage](self.ctx), dead_letter, self.settings,
+                    slow=(stage == "endorse"), publisher=self.publisher,
+                )
+            self.runners[stage] = runner
+            self._tasks.append(asyncio.create_task(runner.run(self.stop_event), name=f"stage-{stage}"))
         if "audit" in self.components:
             self._tasks.append(
-                asyncio.create_task(run_audit(self.js, self.settings.audit_log_path, self.stop_event), name="audit")
+                asyncio.create_task(run_audit(self.nc, self.settings.audit_log_path, self.stop_event), name="audit")
             )
         if "gateway" in self.components:
             await self._start_gateway()
+        # What exists now (modules, keys, platforms) lives as long as the process: keep it out of
+        # every garbage collection, so collections only walk what requests create.
+        gc.collect()
+        gc.freeze()
         log.info("stack.ready", components=list(self.components), gateway=self.gateway_url)
 
     def _counters(self) -> dict[str, int]:
@@ -171,7 +178,7 @@ class Stack:
     async def _start_gateway(self) -> None:
         self.waiter = OutcomeWaiter(self.nc, self.store, uuid.uuid4().hex[:12])
         await self.waiter.start()
-        gateway = Gateway(self.settings, self.publisher, self.store, self.waiter)
+        gateway = Gateway(self.settings, self.nc, self.publisher, self.store, self.waiter)
         self._site_runner = web.AppRunner(gateway.app(), access_log=None)
         await self._site_runner.setup()
         site = web.TCPSite(
@@ -187,6 +194,8 @@ class Stack:
 
     async def stop(self) -> None:
         self.stop_event.set()
+        if self.resource_responder is not None:
+            await self.resource_responder.stop()
         if self._site_runner is not None:
             await self._site_runner.cleanup()
         if self._tasks:

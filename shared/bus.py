@@ -126,6 +126,8 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         except NotFoundError:
             await js.add_stream(config)
     for stage in schemas.STAGES:
+        if stage == "release":
+            continue  # reads the decision stream (below) and answers resource requests directly
         await _ensure_consumer(
             js, schemas.PIPELINE_STREAM, _consumer_config(settings, stage, schemas.stage_subject(stage))
         )

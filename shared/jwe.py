@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from shared.errors import ParseError, ProtocolError, VerificationError
-from shared.kbs.wire import b64url_decode, b64url_encode, validate_tee_pubkey
+from shared.kbs.wire import b64url_decode, b64url_encode, tee_public_key
 
 ENC: Final = "A256GCM"
 ALG_RSA: Final = "RSA-OAEP-256"
@@ -76,21 +76,18 @@ def _encode_header(header: dict[str, Any]) -> str:
 def wrap_secret(secret: bytes, tee_jwk: dict[str, Any]) -> dict[str, str]:
     """Encrypt ``secret`` to ``tee_jwk`` (validated here, so any unsupported key raises
     ``ProtocolError("kbs.unsupported_tee_pubkey")``)."""
-    validate_tee_pubkey(tee_jwk)
+    recipient = tee_public_key(tee_jwk)
     cek = AESGCM.generate_key(bit_length=_CEK_SIZE * 8)
     alg = tee_jwk["alg"]
     header: dict[str, Any] = {"alg": alg, "enc": ENC}
-    if alg == ALG_RSA:
-        n = int.from_bytes(b64url_decode(tee_jwk["n"]), "big")
-        e = int.from_bytes(b64url_decode(tee_jwk["e"]), "big")
-        encrypted_key = rsa.RSAPublicNumbers(e, n).public_key().encrypt(cek, _oaep())
-    elif alg == ALG_ECDH:
-        recipient = _ec_public_key(tee_jwk)
+    if alg == ALG_RSA and isinstance(recipient, rsa.RSAPublicKey):
+        encrypted_key = recipient.encrypt(cek, _oaep())
+    elif alg == ALG_ECDH and isinstance(recipient, ec.EllipticCurvePublicKey):
         ephemeral = ec.generate_private_key(recipient.curve)
         kek = _ecdh_kek(ephemeral.exchange(ec.ECDH(), recipient))
         encrypted_key = aes_key_wrap(kek, cek)
         header["epk"] = _epk(ephemeral.public_key())
-    else:  # pragma: no cover - validate_tee_pubkey admits only the two algorithms above
+    else:  # pragma: no cover - tee_public_key admits only the two algorithms above
         raise ProtocolError("kbs.unsupported_tee_pubkey", f"alg {alg!r}")
     protected = _encode_header(header)
     iv = os.urandom(_IV_SIZE)

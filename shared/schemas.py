@@ -37,6 +37,13 @@ def outcome_subject(gateway_id: str) -> str:
     return f"remits.outcome.{gateway_id}"
 
 
+# Resource fetches are reads, answered at once: core NATS request/reply to the release stage's
+# queue group, outside every stream (a lost request is a 503 the guest retries). Evidence, which
+# must get exactly one decision, travels on the JetStream stage subjects instead.
+RESOURCE_SUBJECT = "remits.release.resource"
+RESOURCE_QUEUE = "remits-release"
+
+
 Status = Literal["affirming", "warning", "contraindicated", "rejected"]
 
 
@@ -121,7 +128,8 @@ class Decision(StageMessage, tag="decision"):
 
 
 class ResourceRequest(StageMessage, tag="resource_request"):
-    """gateway -> release: a resource fetch presenting an attestation token."""
+    """gateway -> release (request/reply on RESOURCE_SUBJECT): a resource fetch presenting the
+    guest's session (its token is read with the resource) and/or a bearer token."""
 
     token: str
     resource_path: str  # "<repository>/<type>/<tag>"

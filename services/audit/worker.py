@@ -9,10 +9,13 @@ from typing import IO
 
 import msgspec
 import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
 from shared import schemas
+from shared.bus import PullConsumer, ack_fields
 from shared.telemetry import get_logger
 
 log = get_logger("remits.audit")
@@ -33,34 +36,51 @@ def audit_record(decision: schemas.Decision, stream_seq: int) -> schemas.AuditRe
     )
 
 
-async def run_audit(js: JetStreamContext, log_path: Path, stop: asyncio.Event) -> None:
-    sub = await js.pull_subscribe_bind(durable="audit", stream=schemas.DECISION_STREAM)
+async def run_audit(nc: NATS, log_path: Path, stop: asyncio.Event, window: int = 512) -> None:
+    """Append every decision to ``log_path``; ack only once its line is on disk, so a crash
+    replays decisions and never loses one."""
+    arrived: list[Msg] = []
+    wake = asyncio.Event()
+
+    def deliver(msg: Msg) -> None:
+        arrived.append(msg)
+        wake.set()
+
+    consumer = PullConsumer(nc, schemas.DECISION_STREAM, "audit", deliver, window=window, expires_s=5.0)
+    await consumer.start()
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    stopping = asyncio.ensure_future(stop.wait())
     # One append-only file for the worker's lifetime; each batch is a single small write.
     with open(log_path, "ab") as out:  # noqa: ASYNC230
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(256, timeout=0.5)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except Exception as exc:
-                if stop.is_set():
-                    break
-                log.warning("audit.fetch_failed", error=repr(exc))
-                await asyncio.sleep(0.2)
-                continue
-            for msg in msgs:
-                try:
-                    decision = schemas.decode_decision(msg.data)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    log.error("audit.undecodable", error=str(exc))
-                    await msg.term()
+        try:
+            while not stop.is_set():
+                waking = asyncio.ensure_future(wake.wait())
+                await asyncio.wait({waking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                waking.cancel()
+                wake.clear()
+                batch, arrived[:] = list(arrived), []
+                if not batch:
                     continue
-                out.write(_json.encode(audit_record(decision, msg.metadata.sequence.stream)) + b"\n")
-            out.flush()
-            # Ack after the lines are on disk: a crash replays, never loses, a decision.
-            for msg in msgs:
-                await msg.ack()
+                lines = []
+                for msg in batch:
+                    try:
+                        decision = schemas.decode_decision(msg.data)
+                        stream_seq = ack_fields(msg.reply)[1]
+                    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                        log.error("audit.undecodable", error=str(exc))
+                        await msg.term()
+                        consumer.done()
+                        continue
+                    lines.append(_json.encode(audit_record(decision, stream_seq)) + b"\n")
+                out.write(b"".join(lines))
+                out.flush()
+                for msg in batch:
+                    if not msg.is_acked:
+                        await msg.ack()
+                        consumer.done()
+        finally:
+            stopping.cancel()
+            await consumer.stop()
 
 
 async def tail(js: JetStreamContext, stop: asyncio.Event, out: IO[str] = sys.stdout, history: bool = False) -> None:

@@ -359,8 +359,8 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 followers = [asyncio.create_task(_follow_client(i, proc, progress, results)) for i, proc in enumerate(clients)]
                 printer = asyncio.create_task(_print_progress(progress, cfg.progress))
                 await _sleep_until(start_at + cfg.warmup_s)
-                await run.broadcast(RESET_SUBJECT, n_servers)
                 before = await run.snapshot()
+                await run.broadcast(RESET_SUBJECT, n_servers)
                 await _sleep_until(start_at + cfg.warmup_s + cfg.duration_s)
                 after = await run.snapshot()
                 stats = await run.broadcast(COLLECT_SUBJECT, n_servers)

@@ -12,12 +12,14 @@ import time
 from typing import Any
 
 import msgspec
+import nats
 import structlog
 from aiohttp import web
+from nats.aio.client import Client as NATS
 
 from services.gateway.waiter import OutcomeWaiter
 from shared import schemas
-from shared.bus import JetStreamPublisher, Publish
+from shared.bus import REQUEST_ID_HEADER, JetStreamPublisher, Publish
 from shared.cache import Store
 from shared.config import Settings
 from shared.ear import EarSigner, load_or_create_signing_key
@@ -29,7 +31,7 @@ from shared.kbs.wire import (
     error_body,
     validate_tee_pubkey,
 )
-from shared.telemetry import get_logger, tracer, tracing_enabled
+from shared.telemetry import get_logger, inject_headers, tracer, tracing_enabled
 
 log = get_logger("remits.gateway")
 COOKIE = "kbs-session-id"
@@ -64,8 +66,11 @@ def _root_span(name: str, request_id: str) -> contextlib.AbstractContextManager[
 
 
 class Gateway:
-    def __init__(self, settings: Settings, publisher: JetStreamPublisher, store: Store, waiter: OutcomeWaiter) -> None:
+    def __init__(
+        self, settings: Settings, nc: NATS, publisher: JetStreamPublisher, store: Store, waiter: OutcomeWaiter
+    ) -> None:
         self.settings = settings
+        self.nc = nc
         self.publisher = publisher
         self.store = store
         self.waiter = waiter
@@ -189,18 +194,14 @@ class Gateway:
             return _error(401, "TokenNotFound", "attest first, or send Authorization: Bearer <token>")
         request_id = _request_id()
         meta = schemas.RequestMeta(
-            request_id=request_id,
-            tee="resource",
-            reply_to=self.waiter.subject,
-            submitted_at=time.time(),
-            session_id=session_id,
+            request_id=request_id, tee="resource", reply_to="", submitted_at=time.time(), session_id=session_id
         )
         message = schemas.ResourceRequest(meta=meta, token=token, resource_path=path)
         with (
             structlog.contextvars.bound_contextvars(request_id=request_id, stage="gateway"),
             _root_span("remits.gateway.resource", request_id),
         ):
-            outcome = await self._submit(Publish(schemas.stage_subject("release"), message, f"{request_id}:gateway"), meta)
+            outcome = await self._fetch_resource(message)
             log.debug("resource.answered", resource=path, status=outcome.status, reason=outcome.reason)
         if outcome.status == "released":
             return web.Response(body=outcome.jwe, content_type="application/json")
@@ -212,6 +213,26 @@ class Gateway:
             return _error(401, "TokenNotFound", outcome.detail)
         variant = "TokenVerifierError" if outcome.reason.startswith("token.") else "PolicyDeny"
         return _error(401, variant, f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason)
+
+    async def _fetch_resource(self, message: schemas.ResourceRequest) -> schemas.Outcome:
+        """Ask a release replica (request/reply): a lost request is a 503 the guest retries."""
+        rid = message.meta.request_id
+        try:
+            reply = await self.nc.request(
+                schemas.RESOURCE_SUBJECT,
+                schemas.encode(message),
+                timeout=self.settings.request_timeout_s,
+                headers=inject_headers({REQUEST_ID_HEADER: rid}),
+            )
+            return schemas.decode_outcome(reply.data)
+        except nats.errors.NoRespondersError:
+            return schemas.Outcome(rid, "denied", "pipeline.unavailable", "no release stage is running")
+        except (TimeoutError, nats.errors.TimeoutError):
+            return schemas.Outcome(rid, "denied", "pipeline.timeout", f"no answer within {self.settings.request_timeout_s:.0f}s")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return schemas.Outcome(rid, "denied", "pipeline.unavailable", f"unreadable answer: {exc}")
+        except nats.errors.Error as exc:
+            return schemas.Outcome(rid, "denied", "pipeline.unavailable", repr(exc))
 
     async def put_resource(self, request: web.Request) -> web.Response:
         """Admin: store a resource. Disabled unless an admin token is configured (fail closed)."""

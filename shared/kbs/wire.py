@@ -207,7 +207,7 @@ def _b64_member(jwk: dict[str, Any], name: str) -> bytes:
         raise _unsupported(f"{name}: {exc}") from exc
 
 
-def _check_ec(jwk: dict[str, Any]) -> None:
+def _check_ec(jwk: dict[str, Any]) -> ec.EllipticCurvePublicKey:
     crv = jwk.get("crv")
     if crv not in _EC_CURVES:
         raise _unsupported(f"EC curve {crv!r} not supported")
@@ -219,13 +219,13 @@ def _check_ec(jwk: dict[str, Any]) -> None:
     if len(x) != size or len(y) != size:
         raise _unsupported(f"{crv} coordinates must be {size} bytes")
     try:
-        ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve).public_key()
+        return ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve).public_key()
     except ValueError as exc:
         # Off-curve points enable invalid-curve attacks on ECDH; refuse before any key agreement.
         raise _unsupported(f"{crv} point is not on the curve") from exc
 
 
-def _check_rsa(jwk: dict[str, Any]) -> None:
+def _check_rsa(jwk: dict[str, Any]) -> rsa.RSAPublicKey:
     # RSA1_5 is deliberately refused (padding-oracle prone) although the reference server tolerates it.
     if jwk.get("alg") != "RSA-OAEP-256":
         raise _unsupported(f"RSA key alg {jwk.get('alg')!r} not supported")
@@ -234,16 +234,13 @@ def _check_rsa(jwk: dict[str, Any]) -> None:
     if not _RSA_MIN_BITS <= n.bit_length() <= _RSA_MAX_BITS:
         raise _unsupported(f"RSA modulus of {n.bit_length()} bits outside {_RSA_MIN_BITS}..{_RSA_MAX_BITS}")
     try:
-        rsa.RSAPublicNumbers(e, n).public_key()
+        return rsa.RSAPublicNumbers(e, n).public_key()
     except ValueError as exc:
         raise _unsupported(f"RSA key rejected: {exc}") from exc
 
 
-def validate_tee_pubkey(jwk: dict[str, Any]) -> dict[str, Any]:
-    """Check that ``jwk`` is a key we can wrap resources to; returns it unchanged.
-
-    The JWK is not normalised: report_data binds the exact object the client sent, so callers must keep
-    using the original."""
+def tee_public_key(jwk: dict[str, Any]) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+    """The key a resource can be wrapped to, after every check ``validate_tee_pubkey`` makes."""
     if not isinstance(jwk, dict):
         raise _unsupported("tee-pubkey is not a JSON object")
     private = _PRIVATE_JWK_MEMBERS.intersection(jwk)
@@ -251,11 +248,18 @@ def validate_tee_pubkey(jwk: dict[str, Any]) -> dict[str, Any]:
         raise _unsupported(f"tee-pubkey carries private members {sorted(private)}")
     kty = jwk.get("kty")
     if kty == "EC":
-        _check_ec(jwk)
-    elif kty == "RSA":
-        _check_rsa(jwk)
-    else:
-        raise _unsupported(f"key type {kty!r} not supported")
+        return _check_ec(jwk)
+    if kty == "RSA":
+        return _check_rsa(jwk)
+    raise _unsupported(f"key type {kty!r} not supported")
+
+
+def validate_tee_pubkey(jwk: dict[str, Any]) -> dict[str, Any]:
+    """Check that ``jwk`` is a key we can wrap resources to; returns it unchanged.
+
+    The JWK is not normalised: report_data binds the exact object the client sent, so callers must keep
+    using the original."""
+    tee_public_key(jwk)
     return jwk
 
 
