@@ -16,6 +16,7 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from threading import Lock
 from typing import Any
 
@@ -101,7 +102,14 @@ def platform_identity(quote: Quote) -> PlatformIdentity:
     cert = quote.qe.certification
     if cert.cert_type != CertificationDataType.PCK_CHAIN:
         raise ParseError("quote.certification", f"type {cert.cert_type} carries no PCK chain")
-    ordered = order_chain(load_certificates(cert.data, "quote.pck_chain"))
+    return _chain_identity(bytes(cert.data))
+
+
+# A platform's PCK chain is the same in every quote it makes, and this is a pure function of its
+# bytes: intake and endorse would otherwise parse the same three certificates on every quote.
+@lru_cache(maxsize=8192)
+def _chain_identity(chain: bytes) -> PlatformIdentity:
+    ordered = order_chain(load_certificates(chain, "quote.pck_chain"))
     if not ordered:
         raise ParseError("quote.pck_chain", "the certificates do not form a chain")
     leaf = ordered[0]
