@@ -38,6 +38,20 @@ COOKIE = "kbs-session-id"
 _UNAVAILABLE = frozenset({"pipeline.timeout", "pipeline.unavailable"})
 
 
+_json = msgspec.json.Encoder()
+
+
+def _json_response(value: object, session_id: str = "") -> web.Response:
+    """A JSON answer, with the session cookie when given. Built directly: aiohttp's json_response
+    and its Morsel-based set_cookie cost about a third of the gateway's time per request."""
+    headers = None
+    if session_id:
+        # No Max-Age: the server enforces expiry, so a late guest is told "nonce.expired" rather
+        # than meeting a silently dropped cookie.
+        headers = {"Set-Cookie": f"{COOKIE}={session_id}; HttpOnly; Path=/; SameSite=Strict"}
+    return web.Response(body=_json.encode(value), content_type="application/json", headers=headers)
+
+
 def _error(status: int, variant: str, detail: str) -> web.Response:
     return web.Response(status=status, body=error_body(variant, detail), content_type="application/json")
 
@@ -107,11 +121,11 @@ class Gateway:
             return _error(500, "InternalError", "internal error")
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return _json_response({"status": "ok"})
 
     async def jwks(self, request: web.Request) -> web.Response:
         """The EAR signing key, for relying parties that verify tokens themselves."""
-        return web.json_response({"keys": [self.token_public_jwk]})
+        return _json_response({"keys": [self.token_public_jwk]})
 
     async def auth(self, request: web.Request) -> web.Response:
         if (bad := _require_json(request)) is not None:
@@ -120,11 +134,7 @@ class Gateway:
         if body.tee not in SUPPORTED_TEES:
             return _error(400, "UnsupportedTee", f"TEE {body.tee!r} is not supported; supported: {sorted(SUPPORTED_TEES)}")
         session = await self.store.create_session(body.tee, self.settings.nonce_ttl_s)
-        response = web.json_response({"nonce": session.nonce, "extra-params": ""})
-        # No max-age: the server enforces expiry, so a late guest is told "nonce.expired" rather
-        # than meeting a silently dropped cookie.
-        response.set_cookie(COOKIE, session.session_id, httponly=True, samesite="Strict")
-        return response
+        return _json_response({"nonce": session.nonce, "extra-params": ""}, session.session_id)
 
     async def _session(self, request: web.Request):  # type: ignore[no-untyped-def]
         session_id = request.cookies.get(COOKIE, "")
@@ -167,9 +177,7 @@ class Gateway:
             return _error(503, "ServiceUnavailable", f"{outcome.reason}: {outcome.detail}")
         if outcome.status == "rejected":
             return _error(401, "AttestationError", f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason)
-        response = web.json_response({"token": outcome.token})
-        response.set_cookie(COOKIE, session.session_id, httponly=True, samesite="Strict")
-        return response
+        return _json_response({"token": outcome.token}, session.session_id)
 
     async def _submit(self, item: Publish, meta: schemas.RequestMeta) -> schemas.Outcome:
         future = self.waiter.expect(meta.request_id)
@@ -242,4 +250,4 @@ class Gateway:
             return _error(401, "AdminAuth", "admin API requires the configured admin bearer token")
         path = "/".join(request.match_info[k] for k in ("repository", "type", "tag"))
         await self.store.put_resource(path, await _read_body(request, self.settings.max_body_bytes))
-        return web.json_response({"stored": path})
+        return _json_response({"stored": path})

@@ -10,9 +10,11 @@ everything the per-report checks need and may be cached by the caller until ``no
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from threading import Lock
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -148,14 +150,8 @@ def check_validity(certs: tuple[x509.Certificate, ...], now: datetime) -> tuple[
     )
 
 
-def check_crl(
-    crl: x509.CertificateRevocationList, ark: x509.Certificate, intermediate: x509.Certificate, now: datetime
-) -> None:
-    """The CRL is the ARK's, current at ``now``, and does not list the ASK/ASVK.
-
-    The VEK's own serial is not looked up: an ARK CRL only speaks for certificates the ARK issued
-    (ASKs/ASVKs), and every VEK has serial 0, so a match would be meaningless.
-    """
+def check_crl_signature(crl: x509.CertificateRevocationList, ark: x509.Certificate) -> None:
+    """The CRL is the ARK's own (issuer name and signature)."""
     if crl.issuer != ark.subject:
         raise VerificationError(
             checks.CRL_SIGNATURE, f"CRL issued by {crl.issuer.rfc4514_string()}, not the ARK"
@@ -166,6 +162,14 @@ def check_crl(
         raise VerificationError(checks.CRL_SIGNATURE, f"CRL signature unusable: {exc}") from None
     if not valid:
         raise VerificationError(checks.CRL_SIGNATURE, "CRL signature does not verify under the ARK")
+
+
+def check_crl_entries(crl: x509.CertificateRevocationList, intermediate: x509.Certificate, now: datetime) -> None:
+    """The CRL is current at ``now`` and does not list the ASK/ASVK.
+
+    The VEK's own serial is not looked up: an ARK CRL only speaks for certificates the ARK issued
+    (ASKs/ASVKs), and every VEK has serial 0, so a match would be meaningless.
+    """
     at = utc(now)
     next_update = crl.next_update_utc
     if at < crl.last_update_utc or (next_update is not None and at > next_update):
@@ -175,6 +179,46 @@ def check_crl(
         raise VerificationError(
             checks.REVOKED, f"{_subject(intermediate)} (serial {intermediate.serial_number}) is revoked"
         )
+
+
+def check_crl(
+    crl: x509.CertificateRevocationList, ark: x509.Certificate, intermediate: x509.Certificate, now: datetime
+) -> None:
+    """The CRL is the ARK's, current at ``now``, and does not list the ASK/ASVK."""
+    check_crl_signature(crl, ark)
+    check_crl_entries(crl, intermediate, now)
+
+
+# The product's links above the chip -- ARK self-signed and pinned, ASK/ASVK under the ARK, the
+# CRL under the ARK -- are the same for every chip and their signatures do not depend on time:
+# they are checked once per exact set of bytes (three RSA-4096 checks a new chip need not repeat).
+# Validity windows, CRL currency and revocation are checked at every use.
+_LINKS_CHECKED: OrderedDict[tuple[bytes, bytes, bytes, bytes], None] = OrderedDict()
+_LINKS_LOCK = Lock()
+_LINKS_MAX = 64
+
+
+def check_product_links(
+    ark: x509.Certificate,
+    intermediate: x509.Certificate,
+    pinned_ark: x509.Certificate,
+    crl: x509.CertificateRevocationList | None,
+) -> None:
+    crl_der = crl.public_bytes(serialization.Encoding.DER) if crl is not None else b""
+    key = (_der(ark), _der(intermediate), _der(pinned_ark), crl_der)
+    with _LINKS_LOCK:
+        if key in _LINKS_CHECKED:
+            _LINKS_CHECKED.move_to_end(key)
+            return
+    check_ark(ark, pinned_ark)
+    check_issued_by(intermediate, ark, checks.ASK_SIGNED_BY_ARK)
+    check_ca(intermediate)
+    if crl is not None:
+        check_crl_signature(crl, ark)
+    with _LINKS_LOCK:
+        _LINKS_CHECKED[key] = None
+        while len(_LINKS_CHECKED) > _LINKS_MAX:
+            _LINKS_CHECKED.popitem(last=False)
 
 
 def _select_roots(
@@ -222,15 +266,13 @@ def verify_vek_chain(
     if pinned_set is None:
         raise VerificationError(checks.ARK_NOT_PINNED, f"no pinned ARK for {selected.product.value}")
 
-    check_ark(selected.ark, pinned_set.ark)
     intermediate = selected.intermediate(kind)
-    check_issued_by(intermediate, selected.ark, checks.ASK_SIGNED_BY_ARK)
-    check_ca(intermediate)
+    check_product_links(selected.ark, intermediate, pinned_set.ark, crl)
     check_issued_by(vek, intermediate, checks.VEK_SIGNED_BY_ASK)
     public_key = check_vek_certificate(vek)
     not_before, not_after = check_validity((selected.ark, intermediate, vek), now)
     if crl is not None:
-        check_crl(crl, selected.ark, intermediate, now)
+        check_crl_entries(crl, intermediate, now)
     return VerifiedVek(
         product=selected.product,
         kind=kind,
