@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from shared import schemas
-from shared.bus import REPLY_HEADER, REQUEST_ID_HEADER, TEE_HEADER, JetStreamPublisher, Publish
+from shared.bus import JetStreamPublisher, Publish, parse_route
 from shared.cache import ConfigWatch, ReferenceValueCache, Store, TtlCache
 from shared.config import Settings
 from shared.errors import RemitsError
@@ -101,15 +101,10 @@ def outcome_of(decision: schemas.Decision) -> schemas.Outcome:
 
 
 def meta_from_headers(headers: dict[str, str]) -> schemas.RequestMeta | None:
-    request_id = headers.get(REQUEST_ID_HEADER, "")
+    request_id, tee, reply_to = parse_route(headers)
     if not request_id:
         return None
-    return schemas.RequestMeta(
-        request_id=request_id,
-        tee=headers.get(TEE_HEADER, "unknown") or "unknown",
-        reply_to=headers.get(REPLY_HEADER, ""),
-        submitted_at=0.0,
-    )
+    return schemas.RequestMeta(request_id=request_id, tee=tee or "unknown", reply_to=reply_to, submitted_at=0.0)
 
 
 def make_dead_letter_handler(ctx: StageContext) -> Callable[..., Any]:

@@ -22,7 +22,7 @@ import json
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,9 +43,23 @@ from shared.telemetry import extract_context, get_logger, inject_headers, is_sam
 
 log = get_logger("remits.bus")
 
-REQUEST_ID_HEADER = "Remits-Request-Id"
-TEE_HEADER = "Remits-Tee"
-REPLY_HEADER = "Remits-Reply-To"
+# Copies of a message's routing facts (request id, TEE, the gateway subject waiting for the
+# outcome), so that a dead-letter handler can answer even for a message it cannot decode. One
+# header, "<request id> <tee> <reply subject>": nats-py checks and parses every header name
+# character by character, on every publish and every delivery.
+ROUTE_HEADER = "Remits-Route"
+
+
+def route_header(request_id: str, tee: str = "", reply_to: str = "") -> str:
+    return f"{request_id} {tee} {reply_to}"
+
+
+def parse_route(headers: Mapping[str, str] | None) -> tuple[str, str, str]:
+    """(request id, tee, reply subject) from a message's route header; empty strings if absent."""
+    value = (headers or {}).get(ROUTE_HEADER, "")
+    request_id, _, rest = value.partition(" ")
+    tee, _, reply_to = rest.partition(" ")
+    return request_id, tee, reply_to
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
 # Called after the client reconnects: open pull requests may have died with the old connection.
@@ -148,9 +162,10 @@ class Publish:
     msg_id: str
 
 
-def publish_headers(request_id: str, msg_id: str) -> dict[str, str]:
-    headers = {"Nats-Msg-Id": msg_id, REQUEST_ID_HEADER: request_id}
-    return inject_headers(headers)
+def publish_headers(item: Publish, request_id: str) -> dict[str, str]:
+    meta = getattr(item.message, "meta", None)
+    tee, reply_to = (meta.tee, meta.reply_to) if isinstance(meta, schemas.RequestMeta) else ("", "")
+    return {"Nats-Msg-Id": item.msg_id, ROUTE_HEADER: route_header(request_id, tee, reply_to)}
 
 
 class PublishError(Exception):
@@ -227,16 +242,11 @@ class JetStreamPublisher:
 
     async def send(self, item: Publish, request_id: str, extra_headers: dict[str, str] | None = None) -> None:
         """A stage message with its de-duplication id, request id and routing copies."""
-        headers = {"Nats-Msg-Id": item.msg_id, REQUEST_ID_HEADER: request_id}
+        headers = publish_headers(item, request_id)
         if extra_headers:
             headers.update(extra_headers)
         else:
             inject_headers(headers)
-        meta = getattr(item.message, "meta", None)
-        if isinstance(meta, schemas.RequestMeta):
-            # Copies of routing facts, so a dead-letter handler can answer even an undecodable message.
-            headers[TEE_HEADER] = meta.tee
-            headers[REPLY_HEADER] = meta.reply_to
         await self.publish(item.subject, schemas.encode(item.message), headers)
 
 
@@ -482,7 +492,7 @@ class StageRunner:
     async def _process(self, msg: Msg) -> None:
         started = time.monotonic()
         headers = msg.headers or {}
-        request_id = headers.get(REQUEST_ID_HEADER, "")
+        request_id = parse_route(headers)[0]
         try:
             deliveries, _, stored_ns = ack_fields(msg.reply)
         except ValueError:
@@ -574,9 +584,5 @@ class StageRunner:
 async def publish(js: JetStreamContext, item: Publish, request_id: str) -> None:
     """One stage message through nats-py's own request/reply publish (tools and tests; the
     stages and the gateway use ``JetStreamPublisher``)."""
-    headers = publish_headers(request_id, item.msg_id)
-    meta = getattr(item.message, "meta", None)
-    if isinstance(meta, schemas.RequestMeta):
-        headers[TEE_HEADER] = meta.tee
-        headers[REPLY_HEADER] = meta.reply_to
+    headers = inject_headers(publish_headers(item, request_id))
     await js.publish(item.subject, schemas.encode(item.message), headers=headers)

@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 
 from services.gateway.waiter import OutcomeWaiter
 from shared import schemas
-from shared.bus import REQUEST_ID_HEADER, JetStreamPublisher, Publish
+from shared.bus import ROUTE_HEADER, JetStreamPublisher, Publish, route_header
 from shared.cache import Store
 from shared.config import Settings
 from shared.ear import EarSigner, load_or_create_signing_key
@@ -230,7 +230,7 @@ class Gateway:
                 schemas.RESOURCE_SUBJECT,
                 schemas.encode(message),
                 timeout=self.settings.request_timeout_s,
-                headers=inject_headers({REQUEST_ID_HEADER: rid}),
+                headers=inject_headers({ROUTE_HEADER: route_header(rid)}),
             )
             return schemas.decode_outcome(reply.data)
         except nats.errors.NoRespondersError:

@@ -13,7 +13,15 @@ from nats.aio.msg import Msg
 
 from services.common import make_dead_letter_handler, reject
 from shared import schemas
-from shared.bus import JetStreamPublisher, Publish, StageRunner, ack_fields
+from shared.bus import (
+    ROUTE_HEADER,
+    JetStreamPublisher,
+    Publish,
+    StageRunner,
+    ack_fields,
+    parse_route,
+    route_header,
+)
 from tests.conftest import RunningStack, start_stack
 
 pytestmark = pytest.mark.integration
@@ -86,8 +94,7 @@ async def test_a_poison_message_in_a_batch_delays_nothing_else(infra, tmp_path) 
             publisher.publish(
                 schemas.stage_subject("measure"),
                 b"\xc1 not msgpack",
-                {"Nats-Msg-Id": f"{undecodable}:identity", "Remits-Request-Id": undecodable, "Remits-Tee": "sample",
-                 "Remits-Reply-To": reply},
+                {"Nats-Msg-Id": f"{undecodable}:identity", ROUTE_HEADER: route_header(undecodable, "sample", reply)},
             )
         )
         await asyncio.gather(*sends)
@@ -118,7 +125,7 @@ class CrashesBeforeAck(StageRunner):
         self.crashed = 0
 
     async def _ack(self, msg: Msg) -> None:
-        if (msg.headers or {}).get("Remits-Request-Id") == self.crash_for and ack_fields(msg.reply)[0] == 1:
+        if parse_route(msg.headers)[0] == self.crash_for and ack_fields(msg.reply)[0] == 1:
             self.crashed += 1
             return  # no ack: redelivered after ack_wait, as if the process had died here
         await super()._ack(msg)

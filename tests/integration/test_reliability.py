@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from services.common import make_dead_letter_handler
 from services.demo.client import GuestClient, sample_evidence
 from shared import schemas
-from shared.bus import REPLY_HEADER, REQUEST_ID_HEADER, TEE_HEADER, StageRunner
+from shared.bus import ROUTE_HEADER, StageRunner, route_header
 from shared.telemetry import DEFAULT_SAMPLE_RATIO, configure_tracing
 from tests.conftest import RunningStack, start_stack
 
@@ -115,7 +115,7 @@ async def test_undecodable_message_goes_to_dead_letters_and_caller_gets_rejectio
     await js.publish(
         schemas.stage_subject("measure"),
         b"\x93not msgpack of a stage message",
-        headers={REQUEST_ID_HEADER: "req-undecodable", TEE_HEADER: "sample", REPLY_HEADER: "remits.outcome.test-undecodable"},
+        headers={ROUTE_HEADER: route_header("req-undecodable", "sample", "remits.outcome.test-undecodable")},
     )
     outcome = schemas.decode_outcome((await outcomes.next_msg(timeout=10)).data)
     assert outcome.status == "rejected" and outcome.reason.startswith("bus.undecodable")

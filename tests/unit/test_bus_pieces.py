@@ -46,3 +46,11 @@ def test_sampled_flag_is_read_from_traceparent(monkeypatch: pytest.MonkeyPatch) 
     assert not telemetry.is_sampled({}) and not telemetry.is_sampled(None)
     monkeypatch.setattr(telemetry, "_exporting", False)
     assert not telemetry.is_sampled({"traceparent": f"00-{trace_id}-{span_id}-01"})
+
+
+def test_route_header_round_trip() -> None:
+    from shared.bus import ROUTE_HEADER, parse_route, route_header
+
+    assert parse_route({ROUTE_HEADER: route_header("abc123", "snp", "remits.outcome.gw1")}) == ("abc123", "snp", "remits.outcome.gw1")
+    assert parse_route({ROUTE_HEADER: route_header("abc123")}) == ("abc123", "", "")
+    assert parse_route({}) == ("", "", "") and parse_route(None) == ("", "", "")
