@@ -61,6 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench.add_argument("--out", type=Path, help="also write the JSON report to this file")
     bench.set_defaults(run=cmd_bench)
 
+    capacity = sub.add_parser(
+        "capacity", help="write the capacity model (docs/capacity.md) from two `remits bench --out` reports"
+    )
+    capacity.add_argument("reattest", type=Path, help="report of a --scenario reattest run")
+    capacity.add_argument("boot_storm", type=Path, help="report of a --scenario boot-storm run")
+    capacity.add_argument("--out", type=Path, help="write here instead of stdout")
+    capacity.set_defaults(run=cmd_capacity)
+
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from services.bench.fleet import DEFAULT_CACHE_DIR
@@ -101,3 +109,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result) if args.json else format_table(result))
     return 0 if result["errors"] == 0 and result["completed"] > 0 else 1
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from services.bench.capacity import render
+
+    reattest, storm = (json.loads(path.read_text()) for path in (args.reattest, args.boot_storm))
+    if reattest.get("scenario") != "reattest" or storm.get("scenario") != "boot-storm":
+        print("remits capacity: give a reattest report, then a boot-storm report", file=sys.stderr)
+        return 2
+    text = render(reattest, storm, (args.reattest.name, args.boot_storm.name))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    else:
+        print(text, end="")
+    return 0

@@ -28,6 +28,7 @@ async def test_remits_up_with_two_processes_serves_and_stops_cleanly(tmp_path: P
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMITS_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli", "up", "--http", f"127.0.0.1:{port}", "--processes", "2",
+        "--replicas", "identity=1",
         "--data-dir", str(tmp_path / "data"),
         cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )
@@ -37,7 +38,11 @@ async def test_remits_up_with_two_processes_serves_and_stops_cleanly(tmp_path: P
         assert ready.strip() == f"REMITS gateway ready at http://127.0.0.1:{port}"
         details = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
         redis_url = re.search(r"redis=(\S+)", details).group(1)  # type: ignore[union-attr]
-        assert "processes=2" in details
+        assert "processes=2" in details and "replicas=identity+1" in details
+        # The extra identity replica is a process of its own, bound to the same durable consumer.
+        replica_pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and "worker identity" in _cmdline(int(p))
+                        and str(tmp_path) in _cmdline(int(p))]
+        assert len(replica_pids) == 1
 
         # Enrol one guest the way an operator would: its certificate at the sample key server,
         # its image as a reference value, one secret.
