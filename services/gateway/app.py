@@ -31,6 +31,7 @@ from shared.kbs.wire import (
     error_body,
     validate_tee_pubkey,
 )
+from shared.resp import RedisConnectionError
 from shared.telemetry import get_logger, inject_headers, tracer, tracing_enabled
 
 log = get_logger("remits.gateway")
@@ -116,6 +117,10 @@ class Gateway:
             return _error(405, "InvalidRequestPath", f"{request.method} not allowed on {request.path}")
         except ProtocolError as err:
             return _error(400, "InvalidRequest", f"{err.reason}: {err.detail}")
+        except RedisConnectionError as exc:
+            # Sessions and nonces are unreachable: nothing was decided, the guest may retry.
+            log.warning("gateway.store_unavailable", error=repr(exc))
+            return _error(503, "ServiceUnavailable", "store.unavailable: sessions cannot be read or written")
         except Exception as exc:  # fail closed, with a reason, and keep serving
             log.error("gateway.internal_error", error=repr(exc), exc_info=True)
             return _error(500, "InternalError", "internal error")

@@ -10,6 +10,7 @@ from nats.aio.client import Client as NATS
 
 from shared import schemas
 from shared.cache import Store
+from shared.resp import RedisConnectionError
 
 
 class OutcomeWaiter:
@@ -50,7 +51,10 @@ class OutcomeWaiter:
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
-            stored = await self.store.get_outcome(request_id)
+            try:
+                stored = await self.store.get_outcome(request_id)
+            except RedisConnectionError:
+                stored = None  # the fallback copy is unreachable too: still a timeout, not a crash
             if stored is not None:
                 return schemas.decode_outcome(stored)
             return schemas.Outcome(
