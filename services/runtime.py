@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -162,10 +161,6 @@ class Stack:
             )
         if "gateway" in self.components:
             await self._start_gateway()
-        # What exists now (modules, keys, platforms) lives as long as the process: keep it out of
-        # every garbage collection, so collections only walk what requests create.
-        gc.collect()
-        gc.freeze()
         log.info("stack.ready", components=list(self.components), gateway=self.gateway_url)
 
     def _counters(self) -> dict[str, int]:

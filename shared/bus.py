@@ -193,6 +193,11 @@ class JetStreamPublisher:
     async def stop(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # the connection may be closed already
+                pass
         for future, _ in self._pending.values():
             if not future.done():
                 future.set_exception(PublishError("publisher stopped"))
@@ -324,7 +329,9 @@ class PullConsumer:
             oldest[1] -= 1
             if oldest[1] <= 0:
                 self._requests.popleft()
-            self._owed -= 1
+        # Never below zero: a delivery no open request accounts for (one dropped by the watchdog
+        # that was served after all) must not let the window grow past its size.
+        self._owed = max(0, self._owed - 1)
         self._in_hand += 1
         if self._stopped:
             await msg.nak()  # let another replica have it now rather than after ack_wait
@@ -340,7 +347,7 @@ class PullConsumer:
         # oldest request is over; what it still owed will not come.
         if self._requests:
             _, owed = self._requests.popleft()
-            self._owed -= int(owed)
+            self._owed = max(0, self._owed - int(owed))
         if status == "409":
             log.warning("bus.pull_refused", subject=self._next_subject, detail=(msg.headers or {}).get("Description", ""))
             self._backoff_until = time.monotonic() + 0.5
@@ -377,7 +384,7 @@ class PullConsumer:
             late = time.monotonic() - 1.0
             while self._requests and self._requests[0][0] < late:
                 _, owed = self._requests.popleft()
-                self._owed -= int(owed)
+                self._owed = max(0, self._owed - int(owed))
                 self._wake.set()
             if not self._requests:
                 self._wake.set()

@@ -43,8 +43,8 @@ class CryptoFloor:
     per_attestation: dict[str, float]  # how many of each one attestation needs (averaged for mix)
 
 
-def operation_costs(iterations: int = 200) -> dict[str, float]:
-    """Each operation's cost in µs, best of five runs (the least disturbed)."""
+def operation_costs(iterations: int = 300, repeats: int = 7) -> dict[str, float]:
+    """Each operation's cost in µs, best of ``repeats`` runs (the least disturbed)."""
     message = b"\x5a" * 1184  # an SNP report's size; the hash is a negligible part of the cost
     p384 = ec.generate_private_key(ec.SECP384R1())
     p384_sig = p384.sign(message, ec.ECDSA(hashes.SHA384()))
@@ -68,7 +68,7 @@ def operation_costs(iterations: int = 200) -> dict[str, float]:
         "rsa4096_pss_verify": lambda: rsa_pub.verify(rsa_sig, message, pss, hashes.SHA384()),
         "ecdh_p256": ecdh,
     }
-    return {name: per_call_us(fn, iterations) for name, fn in ops.items()}
+    return {name: per_call_us(fn, iterations, repeats) for name, fn in ops.items()}
 
 
 def operations_for(tees: tuple[str, ...], new_chip: bool) -> dict[str, float]:
@@ -84,7 +84,7 @@ def floor_us(costs: dict[str, float], counts: dict[str, float]) -> float:
     return sum(costs[name] * n for name, n in counts.items())
 
 
-def measure(tees: tuple[str, ...], new_chip: bool, iterations: int = 200) -> CryptoFloor:
+def measure(tees: tuple[str, ...], new_chip: bool, iterations: int = 300) -> CryptoFloor:
     costs = operation_costs(iterations)
     counts = operations_for(tees, new_chip)
     return CryptoFloor(

@@ -369,7 +369,6 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 printer.cancel()
                 for proc in clients:
                     await proc.wait()
-                floor = await asyncio.to_thread(crypto_floor.measure, cfg.tees, cfg.scenario == "boot-storm")
             finally:
                 await stop_processes(clients, timeout_s=5)
                 await stop_processes(run.servers)
@@ -378,6 +377,9 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     await run.nc.close()
                 if run.store is not None:
                     await run.store.close()
+        # On the same machine, once everything else has stopped, so nothing competes with it.
+        say("measuring the crypto floor")
+        floor = await asyncio.to_thread(crypto_floor.measure, cfg.tees, cfg.scenario == "boot-storm")
         return build_report(cfg, cores, before, after, stats, results, vendor_stats, floor, n_servers)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import time
 from typing import Any
@@ -36,6 +37,7 @@ from shared.telemetry import get_logger, inject_headers, tracer, tracing_enabled
 
 log = get_logger("remits.gateway")
 COOKIE = "kbs-session-id"
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # what Store.create_session issues, nothing else
 _UNAVAILABLE = frozenset({"pipeline.timeout", "pipeline.unavailable"})
 
 
@@ -143,7 +145,7 @@ class Gateway:
 
     async def _session(self, request: web.Request):  # type: ignore[no-untyped-def]
         session_id = request.cookies.get(COOKIE, "")
-        if not session_id or len(session_id) != 32:
+        if not _SESSION_ID.fullmatch(session_id):
             return None
         return await self.store.get_session(session_id)
 
@@ -199,7 +201,7 @@ class Gateway:
         gateway only passes on what the guest presented: its cookie and/or a bearer token."""
         path = "/".join(request.match_info[k] for k in ("repository", "type", "tag"))
         session_id = request.cookies.get(COOKIE, "")
-        if len(session_id) != 32:
+        if not _SESSION_ID.fullmatch(session_id):
             session_id = ""
         auth = request.headers.get("Authorization", "")
         token = auth[len("Bearer "):].strip() if auth.startswith("Bearer ") else ""
