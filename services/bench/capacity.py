@@ -103,7 +103,10 @@ def render(reattest: Mapping[str, Any], storm: Mapping[str, Any], sources: tuple
         "Each component ran in its own process, all of them, NATS, Redis and the load generator on the "
         f"same {reattest['cores']} cores; CPU is read from /proc for each process. These are costs at "
         "saturation: a replica that is mostly idle pays more per attestation (every message wakes it up), "
-        f"so plan replicas at about {int(UTILISATION * 100)} % of a core.",
+        f"so plan replicas at about {int(UTILISATION * 100)} % of a core, and run at least two of each "
+        "component for availability (a replica that dies leaves its unacked messages to the other after "
+        f"`ack_wait`). Machine: {reattest.get('cpu_model') or 'unknown CPU'}; on this shared virtual machine "
+        "identical runs differ by about ±15 %.",
         "",
         "CPU milliseconds per attestation:",
         "",

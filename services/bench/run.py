@@ -74,6 +74,17 @@ class BenchConfig:
         return 1000 if self.scenario == "reattest" else int(400 * (self.duration_s + self.warmup_s)) + 1000
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _cpu_seconds(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -437,7 +448,7 @@ def build_report(
         "processes": kinds,
         "stats_answers": f"{len(stats)}/{n_servers}",
         "cores": cores,
-        "cpu_model": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "warmup_s": cfg.warmup_s,
         "duration_s": cfg.duration_s,
         "measured_s": round(totals.measured_s, 3),
