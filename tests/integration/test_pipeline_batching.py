@@ -4,8 +4,11 @@ inside a batch, a crash between the next stage's PubAck and the ack, and de-dupl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
 
 import nats
 import pytest
@@ -63,6 +66,29 @@ async def decisions_for(rs: RunningStack, request_ids: set[str]) -> Counter[str]
     return seen
 
 
+@contextlib.asynccontextmanager
+async def stage_under_test(rs: RunningStack, runner: StageRunner) -> AsyncIterator[tuple[JetStreamPublisher, Any, str]]:
+    """The runner in place of the stack's own stage, a client publisher and the subscription on
+    which the gateway-side outcomes arrive; everything is stopped again afterwards."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    nc = await nats.connect(rs.settings.nats_url)
+    reply = f"remits.outcome.test-{uuid.uuid4().hex[:8]}"
+    sub = await nc.subscribe(reply)
+    publisher = JetStreamPublisher(nc)
+    try:
+        await publisher.start()
+        await asyncio.sleep(0.2)  # the runner has bound its consumer
+        yield publisher, sub, reply
+    finally:
+        await publisher.stop()
+        stop.set()
+        await task
+        await nc.close()
+        await rs.stack.stop()
+        await rs.kds.stop()
+
+
 async def test_a_poison_message_in_a_batch_delays_nothing_else(infra, tmp_path) -> None:  # type: ignore[no-untyped-def]
     rs = await start_stack(infra, tmp_path / "data", components=WITHOUT_MEASURE, max_deliver=2, ack_wait_s=1.0)
     poison = f"poison-{uuid.uuid4().hex[:8]}"
@@ -74,18 +100,10 @@ async def test_a_poison_message_in_a_batch_delays_nothing_else(infra, tmp_path) 
             raise RuntimeError("a bug that this one message triggers")
         return [reject(message.meta, "measure", "test.measured")]
 
-    stop = asyncio.Event()
     runner = StageRunner("measure", rs.stack.nc, rs.stack.js, measure, make_dead_letter_handler(rs.stack.ctx), rs.settings)
-    task = asyncio.create_task(runner.run(stop))
-    nc = await nats.connect(rs.settings.nats_url)
-    reply = f"remits.outcome.test-{uuid.uuid4().hex[:8]}"
-    sub = await nc.subscribe(reply)
-    try:
-        await asyncio.sleep(0.2)
+    async with stage_under_test(rs, runner) as (publisher, sub, reply):
         good = [f"good-{i}-{uuid.uuid4().hex[:6]}" for i in range(40)]
         undecodable = f"undecodable-{uuid.uuid4().hex[:8]}"
-        publisher = JetStreamPublisher(nc)
-        await publisher.start()
         items = [Publish(schemas.stage_subject("measure"), verified(rid, reply), f"{rid}:identity") for rid in good]
         items.insert(20, Publish(schemas.stage_subject("measure"), verified(poison, reply), f"{poison}:identity"))
         # One burst, so the stage is handed them together, the poison in the middle.
@@ -107,13 +125,6 @@ async def test_a_poison_message_in_a_batch_delays_nothing_else(infra, tmp_path) 
         # Every good message was handled once; the poison as often as max_deliver allows.
         assert all(calls[rid] == 1 for rid in good) and calls[poison] == 2
         assert await decisions_for(rs, {*good, poison, undecodable}) == Counter({rid: 1 for rid in [*good, poison, undecodable]})
-        await publisher.stop()
-    finally:
-        stop.set()
-        await task
-        await nc.close()
-        await rs.stack.stop()
-        await rs.kds.stop()
 
 
 class CrashesBeforeAck(StageRunner):
@@ -150,19 +161,11 @@ async def test_a_crash_between_publish_and_ack_makes_no_second_decision(infra, t
         calls[message.meta.request_id] += 1
         return await inner(message)
 
-    stop = asyncio.Event()
     runner = CrashesBeforeAck(
         stage, rs.stack.nc, rs.stack.js, measure if stage == "measure" else decide,
         make_dead_letter_handler(rs.stack.ctx), rs.settings, crash_for=request_id,
     )
-    task = asyncio.create_task(runner.run(stop))
-    nc = await nats.connect(rs.settings.nats_url)
-    reply = f"remits.outcome.test-{uuid.uuid4().hex[:8]}"
-    sub = await nc.subscribe(reply)
-    try:
-        await asyncio.sleep(0.2)
-        publisher = JetStreamPublisher(nc)
-        await publisher.start()
+    async with stage_under_test(rs, runner) as (publisher, sub, reply):
         if stage == "measure":
             await publisher.send(Publish(schemas.stage_subject("measure"), verified(request_id, reply), f"{request_id}:identity"), request_id)
         else:
@@ -180,13 +183,6 @@ async def test_a_crash_between_publish_and_ack_makes_no_second_decision(infra, t
         got = {**got, **await outcomes_until(sub, {"never"}, timeout_s=0.5)}
         assert len(got[request_id]) == 1 and got[request_id][0].status == "rejected"
         assert await decisions_for(rs, {request_id}) == Counter({request_id: 1})
-        await publisher.stop()
-    finally:
-        stop.set()
-        await task
-        await nc.close()
-        await rs.stack.stop()
-        await rs.kds.stop()
 
 
 async def test_the_duplicate_window_drops_a_republished_stage_message(running: RunningStack) -> None:
