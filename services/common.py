@@ -15,7 +15,8 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from shared import schemas
-from shared.bus import JetStreamPublisher, Publish, parse_route
+from shared.bus import JetStreamPublisher, Publish, StageRunner, parse_route
+from shared.busauth import MAC_HEADER, BusAuth
 from shared.cache import ConfigWatch, ReferenceValueCache, Store, TtlCache
 from shared.config import Settings
 from shared.errors import RemitsError
@@ -30,6 +31,10 @@ T = TypeVar("T")
 
 @dataclass
 class StageContext:
+    """One component's view of the world: its own NATS and Redis connections (its identity), its
+    message key, and the platforms and signing key the process shares."""
+
+    component: str
     settings: Settings
     nc: NATS
     js: JetStreamContext
@@ -39,6 +44,7 @@ class StageContext:
     fetcher: EndorsementFetcher
     publisher: JetStreamPublisher
     config_watch: ConfigWatch
+    auth: BusAuth | None = None
     # Endorsement documents this process already read, until they expire: a warm chip costs no
     # Redis round trip. (Documents are immutable within their validity; CRLs expire on time.)
     endorsements: TtlCache[tuple[str, str], list[bytes]] = field(default_factory=lambda: TtlCache(200_000))
@@ -71,7 +77,21 @@ def reject(meta: schemas.RequestMeta, stage: str, error: RemitsError | str, deta
     else:
         reason = error
     log.info("evidence.rejected", reason=reason, detail=detail)
-    return next_stage("decide", schemas.Rejection(meta=meta, stage=stage, reason=reason, detail=detail), stage)
+    rejection = schemas.Rejection(meta=meta, stage=stage, reason=reason, detail=detail)
+    return Publish(schemas.REJECTION_SUBJECT, rejection, f"{meta.request_id}:{stage}")
+
+
+def stage_runner(stage: str, ctx: StageContext, handler: Any, **options: Any) -> StageRunner:
+    """A runner for ``stage`` under ``ctx``'s identity: its connection, publisher and key."""
+    return StageRunner(
+        stage, ctx.nc, ctx.js, handler, make_dead_letter_handler(ctx), ctx.settings,
+        publisher=ctx.publisher, auth=ctx.auth, **options,
+    )  # fmt: skip
+
+
+def signed(ctx: StageContext, subject: str, data: bytes) -> dict[str, str] | None:
+    """Headers authenticating a core-NATS message (no de-duplication id) as ``ctx``'s component."""
+    return None if ctx.auth is None else {MAC_HEADER: ctx.auth.sign(subject, data)}
 
 
 async def notify_outcome(ctx: StageContext, reply_to: str, outcome: schemas.Outcome, *, stored: bool = False) -> None:
@@ -79,9 +99,15 @@ async def notify_outcome(ctx: StageContext, reply_to: str, outcome: schemas.Outc
     caller already wrote it), then the notification."""
     data = schemas.encode(outcome)
     if not stored:
-        await ctx.store.put_outcome(outcome.request_id, data)
+        await ctx.store.put_outcome(outcome.request_id, data, outcome_mac(ctx, outcome.request_id, data))
     if reply_to:
-        await ctx.nc.publish(reply_to, data)
+        await ctx.nc.publish(reply_to, data, headers=signed(ctx, reply_to, data))
+
+
+def outcome_mac(ctx: StageContext, request_id: str, data: bytes) -> str:
+    """Authenticates the Redis copy of an outcome, which the gateway reads if it missed the
+    notification (Redis is no more trusted than the bus)."""
+    return "" if ctx.auth is None else ctx.auth.sign(schemas.outcome_copy_subject(request_id), data)
 
 
 def decision_record(decision: schemas.Decision) -> Publish:
@@ -118,27 +144,25 @@ def make_dead_letter_handler(ctx: StageContext) -> Callable[..., Any]:
         letter = schemas.DeadLetter(
             stage=stage,
             reason=reason,
-            subject=schemas.stage_subject(stage),
+            subject=schemas.consumer_subject(stage),
             data=data,
             request_id=meta.request_id if meta else "",
             deliveries=deliveries,
         )
         await ctx.publisher.publish(schemas.dlq_subject(stage), schemas.encode(letter))
         log.warning("stage.dead_letter", stage=stage, reason=reason, deliveries=deliveries)
-        if meta is None:
-            return  # nobody to answer: the dead letter is the record
+        if meta is None or reason == "bus.unauthenticated":
+            return  # nobody to answer (a forged message is answered by nothing): the letter is the record
         if isinstance(decoded, schemas.Decision):
             # The release stage could not act on a decision that stands: answer with it as made.
             await notify_outcome(ctx, meta.reply_to, outcome_of(decoded))
             return
-        # The caller still gets exactly one decision: rejected, recorded for audit.
-        decision = schemas.Decision(
-            meta=meta,
-            status="rejected",
-            decided_at=ctx.clock(),
-            reason=reason,
-            detail=f"stage {stage} could not process the evidence after {deliveries} deliveries",
-        )
+        detail = f"stage {stage} could not process the evidence after {deliveries} deliveries"
+        if stage != "decide":
+            # Only the decide stage decides: the caller's one (rejected) decision comes from there.
+            await ctx.publisher.send(reject(meta, stage, reason, detail), meta.request_id)
+            return
+        decision = schemas.Decision(meta=meta, status="rejected", decided_at=ctx.clock(), reason=reason, detail=detail)
         earlier = await ctx.store.claim_decision(meta.request_id, schemas.encode(decision))
         if earlier is not None:
             decision = schemas.decode_decision(earlier)

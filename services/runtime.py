@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from services.audit.worker import run_audit
-from services.common import StageContext, make_dead_letter_handler
+from services.common import StageContext, stage_runner
 from services.decide.worker import make_handler as decide_handler
 from services.endorse.worker import make_handler as endorse_handler
 from services.gateway.app import Gateway
@@ -23,10 +25,11 @@ from services.identity.worker import make_handler as identity_handler
 from services.intake.worker import make_handler as intake_handler
 from services.measure.worker import make_handler as measure_handler
 from services.release.worker import Release, ResourceResponder
-from shared import schemas
-from shared.bus import RELEASE_DECISIONS_DURABLE, JetStreamPublisher, StageRunner, connect, ensure_topology
+from shared import credentials, schemas
+from shared.bus import RELEASE_DECISIONS_DURABLE, JetStreamPublisher, StageRunner, ensure_topology
 from shared.cache import ConfigWatch, Store
 from shared.config import Settings
+from shared.connections import connect_nats, identity_of, open_store
 from shared.ear import load_or_create_signing_key
 from shared.fetch import EndorsementFetcher
 from shared.platforms.base import Platform
@@ -95,7 +98,8 @@ def dcap_root_der(settings: Settings) -> bytes:
 
 @dataclass
 class Stack:
-    """Some or all REMITS components running in this process."""
+    """Some or all REMITS components running in this process, each connected as itself: its own
+    NATS user and Redis user, its own inbox space and message key (shared.connections)."""
 
     settings: Settings
     components: tuple[str, ...] = COMPONENTS
@@ -103,77 +107,106 @@ class Stack:
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     gateway_url: str = ""
     runners: dict[str, StageRunner] = field(default_factory=dict)
+    contexts: dict[str, StageContext] = field(default_factory=dict)
     resource_responder: ResourceResponder | None = None
+    # The operator's connections, only where this process sets up the topology (`remits up`,
+    # tests): a worker never holds the admin identity.
+    nc: Any = None
+    js: Any = None
+    store: Store | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _site_runner: web.AppRunner | None = None
+    _stats: StatsResponder | None = None
+    _admin_store: Store | None = None
 
     async def start(self) -> None:
         configure_logging()
         configure_tracing(self.settings.service_name)
         init_data_dir(self.settings)
-        self.nc, self.js = await connect(self.settings.nats_url, f"remits-{'-'.join(self.components)}")
-        if self.setup_topology:
-            await ensure_topology(self.js, self.settings)
-        self.store = Store.from_url(self.settings.redis_url)
+        self.platforms = build_platforms(self.settings)
+        self.signing_key = load_or_create_signing_key(self.settings.signing_key_path)
         self.fetcher = EndorsementFetcher()
-        self.publisher = JetStreamPublisher(self.nc)
-        await self.publisher.start()
-        self.config_watch = ConfigWatch(self.store.client)
-        if "measure" in self.components:
-            self.config_watch.start()
-        self.ctx = StageContext(
-            settings=self.settings,
-            nc=self.nc,
-            js=self.js,
-            store=self.store,
-            platforms=build_platforms(self.settings),
-            signing_key=load_or_create_signing_key(self.settings.signing_key_path),
-            fetcher=self.fetcher,
-            publisher=self.publisher,
-            config_watch=self.config_watch,
-        )
-        self.stats = StatsResponder(self.nc, self.components, self._counters)
-        await self.stats.start()
-        dead_letter = make_dead_letter_handler(self.ctx)
-        for stage in self.components:
-            if stage not in schemas.STAGES:
-                continue
-            if stage == "release":
-                # Decisions come from the decision stream; resource fetches are requests answered
-                # directly by the same Release object.
-                release = Release(self.ctx)
-                runner = StageRunner(
-                    stage, self.nc, self.js, release.handle, dead_letter, self.settings, publisher=self.publisher,
-                    stream=schemas.DECISION_STREAM, durable=RELEASE_DECISIONS_DURABLE,
-                )
-                self.resource_responder = ResourceResponder(release, limit=self.settings.stage_concurrency * 8)
-                await self.resource_responder.start()
-            else:
-                runner = StageRunner(
-                    stage, self.nc, self.js, HANDLERS[stage](self.ctx), dead_letter, self.settings,
-                    slow=(stage == "endorse"), publisher=self.publisher,
-                )
-            self.runners[stage] = runner
-            self._tasks.append(asyncio.create_task(runner.run(self.stop_event), name=f"stage-{stage}"))
-        if "audit" in self.components:
-            self._tasks.append(
-                asyncio.create_task(run_audit(self.nc, self.settings.audit_log_path, self.stop_event), name="audit")
-            )
-        if "gateway" in self.components:
-            await self._start_gateway()
+        if self.setup_topology:
+            admin = identity_of(self.settings, credentials.ADMIN)
+            self.nc, self.js = await connect_nats(self.settings, admin, "remits-admin")
+            await ensure_topology(self.js, self.settings)
+            self.store = open_store(self.settings, admin)
+        for component in self.components:
+            ctx = await self.attach(component)
+            if component in schemas.STAGES:
+                await self._start_stage(component, ctx)
+            elif component == "audit":
+                audit = run_audit(ctx.nc, self.settings.audit_log_path, self.stop_event, auth=ctx.auth)
+                self._tasks.append(asyncio.create_task(audit, name="audit"))
+            elif component == "gateway":
+                await self._start_gateway(ctx)
+        first = next(iter(self.contexts.values()), None)
+        if first is not None:
+            self._stats = StatsResponder(first.nc, self.components, self._counters)
+            await self._stats.start()
         log.info("stack.ready", components=list(self.components), gateway=self.gateway_url)
 
+    async def attach(self, component: str) -> StageContext:
+        """Connect ``component`` as itself (without starting its work: tests run their own)."""
+        identity = identity_of(self.settings, component)
+        nc, js = await connect_nats(self.settings, identity, f"remits-{component}")
+        store = open_store(self.settings, identity)
+        publisher = JetStreamPublisher(nc, auth=identity.auth)
+        await publisher.start()
+        ctx = StageContext(
+            component=component,
+            settings=self.settings,
+            nc=nc,
+            js=js,
+            store=store,
+            platforms=self.platforms,
+            signing_key=self.signing_key,
+            fetcher=self.fetcher,
+            publisher=publisher,
+            config_watch=ConfigWatch(store.client),
+            auth=identity.auth,
+        )
+        self.contexts[component] = ctx
+        return ctx
+
+    def set_clock(self, clock: Callable[[], float]) -> None:
+        """What every component takes as the time (tests replaying evidence at its own time)."""
+        for ctx in self.contexts.values():
+            ctx.clock = clock
+
+    async def _start_stage(self, stage: str, ctx: StageContext) -> None:
+        if stage == "release":
+            # Decisions come from the decision stream; resource fetches are requests answered
+            # directly by the same Release object.
+            release = Release(ctx)
+            runner = stage_runner(stage, ctx, release.handle, stream=schemas.DECISION_STREAM, durable=RELEASE_DECISIONS_DURABLE)
+            self.resource_responder = ResourceResponder(release, limit=self.settings.stage_concurrency * 8)
+            await self.resource_responder.start()
+        else:
+            if stage == "measure":
+                ctx.config_watch.start()
+            runner = stage_runner(stage, ctx, HANDLERS[stage](ctx), slow=(stage == "endorse"))
+        self.runners[stage] = runner
+        self._tasks.append(asyncio.create_task(runner.run(self.stop_event), name=f"stage-{stage}"))
+
     def _counters(self) -> dict[str, int]:
+        clients = [ctx.store.client for ctx in self.contexts.values()]
         return {
-            "redis_round_trips": self.store.client.round_trips,
-            "redis_commands": self.store.client.commands,
-            "jetstream_publishes": self.publisher.published,
+            "redis_round_trips": sum(c.round_trips for c in clients),
+            "redis_commands": sum(c.commands for c in clients),
+            "jetstream_publishes": sum(ctx.publisher.published for ctx in self.contexts.values()),
         }
 
-    async def _start_gateway(self) -> None:
-        self.waiter = OutcomeWaiter(self.nc, self.store, uuid.uuid4().hex[:12])
+    async def _start_gateway(self, ctx: StageContext) -> None:
+        self.waiter = OutcomeWaiter(ctx.nc, ctx.store, uuid.uuid4().hex[:12], auth=ctx.auth)
         await self.waiter.start()
-        gateway = Gateway(self.settings, self.nc, self.publisher, self.store, self.waiter)
+        if self.settings.admin_token:
+            # The admin endpoint writes resources as the operator; without a token it is off and
+            # this process holds no operator identity.
+            self._admin_store = open_store(self.settings, identity_of(self.settings, credentials.ADMIN))
+        gateway = Gateway(
+            self.settings, ctx.nc, ctx.publisher, ctx.store, self.waiter, auth=ctx.auth, admin_store=self._admin_store
+        )
         self._site_runner = web.AppRunner(gateway.app(), access_log=None)
         await self._site_runner.setup()
         site = web.TCPSite(
@@ -195,14 +228,22 @@ class Stack:
             await self._site_runner.cleanup()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
-        if "gateway" in self.components:
+        if "gateway" in self.contexts:
             await self.waiter.stop()
-        await self.stats.stop()
-        await self.config_watch.stop()
-        await self.publisher.stop()
+        if self._stats is not None:
+            await self._stats.stop()
+        for ctx in self.contexts.values():
+            await ctx.config_watch.stop()
+            await ctx.publisher.stop()
+            with contextlib.suppress(Exception):
+                await ctx.nc.close()
+            await ctx.store.close()
+            if ctx.crypto_pool is not None:
+                ctx.crypto_pool.shutdown(wait=False)
         await self.fetcher.close()
-        with contextlib.suppress(Exception):
-            await self.nc.close()
-        await self.store.close()
-        if self.ctx.crypto_pool is not None:
-            self.ctx.crypto_pool.shutdown(wait=False)
+        for store in (self.store, self._admin_store):
+            if store is not None:
+                await store.close()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()

@@ -17,13 +17,16 @@ handler naks for redelivery until ``max_deliver`` turns it into a dead letter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import ssl
 import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -36,7 +39,8 @@ from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from shared import schemas
+from shared import credentials, schemas
+from shared.busauth import MAC_HEADER, BusAuth, Unauthenticated
 from shared.config import Settings
 from shared.stats import STATS
 from shared.telemetry import extract_context, get_logger, inject_headers, is_sampled, tracer
@@ -66,21 +70,72 @@ _TRACE_HEADERS = ("traceparent", "tracestate")
 _RECONNECT_HOOKS: weakref.WeakKeyDictionary[NATS, list[Callable[[], None]]] = weakref.WeakKeyDictionary()
 
 
-async def connect(url: str, name: str) -> tuple[NATS, JetStreamContext]:
+def _credential_kwargs(creds: Path | None) -> dict[str, Any]:
+    """nats-py's keyword for a credentials file: a NATS .creds file (user JWT and seed) or a bare
+    nkey seed, told apart by content."""
+    if creds is None:
+        return {}
+    text = creds.read_text()
+    if "BEGIN NATS USER JWT" in text:
+        return {"user_credentials": str(creds)}
+    return {"nkeys_seed": str(creds)}
+
+
+async def connect(
+    url: str,
+    name: str,
+    *,
+    creds: Path | None = None,
+    inbox_prefix: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> tuple[NATS, JetStreamContext]:
     nc = NATS()
+    refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
     async def reconnected() -> None:
         for hook in _RECONNECT_HOOKS.get(nc, []):
             hook()
 
-    await nc.connect(
-        url,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        connect_timeout=5,
-        reconnected_cb=reconnected,
+    async def on_error(error: Exception) -> None:
+        text = str(error)
+        if "Authorization Violation" in text or "authentication" in text.lower():
+            if not refused.done():
+                refused.set_result(error)
+        elif "permissions violation" in text.lower():
+            # The server refused something outside this component's rights (the permission
+            # tables in shared.credentials): a bug or an attack, never routine.
+            log.error("bus.permission_denied", component=name, detail=text)
+        else:
+            log.warning("bus.error", component=name, error=text)
+
+    options: dict[str, Any] = dict(_credential_kwargs(creds))
+    if inbox_prefix:
+        options["inbox_prefix"] = inbox_prefix
+    if tls is not None:
+        options["tls"] = tls
+    connecting = asyncio.ensure_future(
+        nc.connect(
+            url,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            reconnected_cb=reconnected,
+            error_cb=on_error,
+            **options,
+        )
     )
+    # nats-py retries a refused login as forever as a lost connection: wrong credentials must
+    # stop a component at start, with the reason, instead.
+    await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+    if not connecting.done():
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await connecting
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise PermissionError(f"NATS at {url} refused the credentials of {name}: {refused.result()}")
+    connecting.result()
     return nc, nc.jetstream(timeout=10)
 
 
@@ -143,7 +198,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         if stage == "release":
             continue  # reads the decision stream (below) and answers resource requests directly
         await _ensure_consumer(
-            js, schemas.PIPELINE_STREAM, _consumer_config(settings, stage, schemas.stage_subject(stage))
+            js, schemas.PIPELINE_STREAM, _consumer_config(settings, stage, schemas.consumer_subject(stage))
         )
     decisions = "remits.decision.>"
     await _ensure_consumer(js, schemas.DECISION_STREAM, _consumer_config(settings, RELEASE_DECISIONS_DURABLE, decisions))
@@ -175,9 +230,10 @@ class PublishError(Exception):
 class JetStreamPublisher:
     """Publishes to JetStream and awaits each PubAck without a timer per message."""
 
-    def __init__(self, nc: NATS, timeout_s: float = 10.0) -> None:
+    def __init__(self, nc: NATS, timeout_s: float = 10.0, auth: BusAuth | None = None) -> None:
         self._nc = nc
         self._timeout_s = timeout_s
+        self._auth = auth  # signs every message with this component's key
         self._pending: dict[str, tuple[asyncio.Future[None], float]] = {}
         self._tokens = itertools.count()
         self._prefix = ""
@@ -234,6 +290,11 @@ class JetStreamPublisher:
                     future.set_exception(PublishError(f"no PubAck within {self._timeout_s}s"))
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
+        """Store one message; with a key, tagged as this component's (over its subject, its
+        de-duplication id and its payload)."""
+        if self._auth is not None:
+            headers = dict(headers or {})
+            headers[MAC_HEADER] = self._auth.sign(subject, payload, headers.get("Nats-Msg-Id", ""))
         token = str(next(self._tokens))
         future = asyncio.get_running_loop().create_future()
         self._pending[token] = (future, time.monotonic())
@@ -246,7 +307,7 @@ class JetStreamPublisher:
         await future
 
     async def send(self, item: Publish, request_id: str, extra_headers: dict[str, str] | None = None) -> None:
-        """A stage message with its de-duplication id, request id and routing copies."""
+        """A stage message with its de-duplication id, request id, routing copies and tag."""
         headers = publish_headers(item, request_id)
         if extra_headers:
             headers.update(extra_headers)
@@ -422,8 +483,13 @@ class StageRunner:
         publisher: JetStreamPublisher | None = None,
         stream: str = schemas.PIPELINE_STREAM,
         durable: str | None = None,
+        auth: BusAuth | None = None,
     ) -> None:
         self.stage = stage
+        # With a key, only messages of the kinds this stage takes, tagged by the senders allowed
+        # to send them (shared.credentials.EXPECTS), are handled; anything else is dead-lettered.
+        self.auth = auth
+        self._expects = credentials.EXPECTS.get(stage, {})
         self.nc = nc
         self.js = js
         self.handler = handler
@@ -442,7 +508,7 @@ class StageRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         if self._publisher is None:
-            self._publisher = JetStreamPublisher(self.nc)
+            self._publisher = JetStreamPublisher(self.nc, auth=self.auth)
             await self._publisher.start()
         # Fails at once if the durable does not exist (topology not set up), as binding did.
         await self.js.consumer_info(self.stream, self.durable)
@@ -509,7 +575,15 @@ class StageRunner:
         # Each message runs in its own task, so these bindings end with it.
         structlog.contextvars.bind_contextvars(request_id=request_id, stage=self.stage, delivery=deliveries)
         try:
+            sender = self.auth.verify(msg.subject, msg.data, headers) if self.auth is not None else ""
             message = schemas.decode_stage(msg.data)
+            if self.auth is not None and sender not in self._expects.get(schemas.kind_of(message), ()):
+                raise Unauthenticated(f"{self.stage} does not take {schemas.kind_of(message)} from {sender}")
+        except Unauthenticated as exc:
+            log.warning("stage.unauthenticated", detail=exc.detail)
+            await self.dead_letter(self.stage, msg.data, dict(headers), exc.reason, deliveries)
+            await msg.term()
+            return
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("stage.undecodable", error=str(exc))
             await self.dead_letter(self.stage, msg.data, dict(headers), f"bus.undecodable: {exc}", deliveries)

@@ -41,6 +41,21 @@ redis.call('SET', KEYS[2], ARGV[2] .. '|' .. v, 'EX', ARGV[1])
 return {'ok', v}
 """)
 
+# The release stage marks a session attested only with a token issued for that session's own
+# challenge (the token's eat_nonce is the session's nonce), and writes the gateway's fallback copy
+# of the outcome in the same step. Outcome copies are hashes (value and tag), so the release
+# stage's Redis user needs no SET, which would let it overwrite secrets.
+_MARK_ATTESTED = Script("""
+local nonce = redis.call('HGET', KEYS[1], 'nonce')
+if not nonce then return 'no_session' end
+if nonce ~= ARGV[1] then return 'nonce_mismatch' end
+redis.call('HSET', KEYS[1], 'state', 'attested', 'token', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[2], 'v', ARGV[4], 'mac', ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return 'ok'
+""")
+
 _RELEASE_LOCK = Script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -147,18 +162,18 @@ class Store:
         return NonceState.OK
 
     async def mark_attested(
-        self, session_id: str, token: str, ttl_s: float, outcome: tuple[str, bytes] | None = None
-    ) -> None:
-        """The session now holds its token; with ``outcome`` (request id, encoded outcome), the
-        gateway's fallback copy is written in the same round trip."""
-        key = f"{_PREFIX}session:{session_id}"
-        commands: list[tuple[str | bytes | int, ...]] = [
-            ("HSET", key, "state", "attested", "token", token),
-            ("PEXPIRE", key, max(1, int(ttl_s * 1000))),
-        ]
-        if outcome is not None:
-            commands.append(_put_outcome_command(*outcome))
-        await self.client.pipeline(commands)
+        self, session_id: str, token: str, nonce: str, ttl_s: float, outcome: tuple[str, bytes, str]
+    ) -> str:
+        """Mark the session attested with ``token`` if the session's nonce is ``nonce`` (the
+        token's), and store ``outcome`` (request id, encoded outcome, its tag) as the gateway's
+        fallback copy, in one step. Returns "ok", "no_session" or "nonce_mismatch"."""
+        request_id, data, mac = outcome
+        result = await self.client.run_script(
+            _MARK_ATTESTED,
+            [f"{_PREFIX}session:{session_id}", f"{_PREFIX}outcome:{request_id}"],
+            [nonce, token, max(1, int(ttl_s * 1000)), data, mac, _OUTCOME_TTL_MS],
+        )
+        return _text(result)
 
     # -- endorsements --------------------------------------------------------------------
     async def get_endorsement(self, tee: str, key: str) -> tuple[list[bytes] | None, float]:
@@ -233,16 +248,20 @@ class Store:
         return None if won is not None else stored
 
     # -- outcomes, so a gateway that missed the notification can still answer -------------
-    async def put_outcome(self, request_id: str, encoded: bytes, ttl_s: int = 600) -> None:
-        await self.client.execute(*_put_outcome_command(request_id, encoded, ttl_s))
+    async def put_outcome(self, request_id: str, encoded: bytes, mac: str = "") -> None:
+        key = f"{_PREFIX}outcome:{request_id}"
+        await self.client.pipeline([("HSET", key, "v", encoded, "mac", mac), ("PEXPIRE", key, _OUTCOME_TTL_MS)])
 
-    async def get_outcome(self, request_id: str) -> bytes | None:
-        value: bytes | None = await self.client.execute("GET", f"{_PREFIX}outcome:{request_id}")
-        return value
+    async def get_outcome(self, request_id: str) -> tuple[bytes, str] | None:
+        """The stored outcome and its tag, if any."""
+        raw = await self.client.execute("HGETALL", f"{_PREFIX}outcome:{request_id}")
+        fields = {raw[i]: raw[i + 1] for i in range(0, len(raw or []) - 1, 2)}
+        if b"v" not in fields:
+            return None
+        return fields[b"v"], fields.get(b"mac", b"").decode()
 
 
-def _put_outcome_command(request_id: str, encoded: bytes, ttl_s: int = 600) -> tuple[str | bytes | int, ...]:
-    return ("SET", f"{_PREFIX}outcome:{request_id}", encoded, "EX", ttl_s)
+_OUTCOME_TTL_MS = 600_000
 
 
 def _b64_nonce() -> str:

@@ -65,6 +65,23 @@ class Settings:
     dcap_require_crls: bool = True
     # Admin token for provisioning resources over HTTP; empty disables the admin API (fail closed).
     admin_token: str = ""
+    # Each component's identity on NATS and Redis and its message key (`remits creds` writes the
+    # directory; `remits up` creates one in the data directory for its embedded servers).
+    credentials_dir: Path | None = None
+    # A component's NATS credentials (an nkey seed or a NATS .creds file), instead of the one in
+    # credentials_dir: for operators who manage NATS users themselves.
+    nats_creds: Path | None = None
+    # Without credentials a component refuses to start; this runs it on an open bus instead (never
+    # in production: anyone who reaches NATS or Redis could then forge decisions).
+    insecure_open_bus: bool = False
+    # TLS to NATS and to Redis (a rediss:// URL): the CA that signed the server's certificate, and
+    # a client certificate and key where the server asks for one.
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+    redis_tls_ca: Path | None = None
+    redis_tls_cert: Path | None = None
+    redis_tls_key: Path | None = None
     service_name: str = "remits"
 
     @classmethod
@@ -91,9 +108,22 @@ class Settings:
             dcap_pcs_url=_env("DCAP_PCS_URL", cls.dcap_pcs_url),
             dcap_root_ca_path=_optional_path(_env("DCAP_ROOT_CA_PATH", "")),
             dcap_require_crls=_env("DCAP_REQUIRE_CRLS", "true").lower() not in ("0", "false", "no"),
+            credentials_dir=_optional_path(_env("CREDENTIALS_DIR", "")),
+            nats_creds=_optional_path(_env("NATS_CREDS", "")),
+            insecure_open_bus=_env("INSECURE_OPEN_BUS", "false").lower() in ("1", "true", "yes"),
+            nats_tls_ca=_optional_path(_env("NATS_TLS_CA", "")),
+            nats_tls_cert=_optional_path(_env("NATS_TLS_CERT", "")),
+            nats_tls_key=_optional_path(_env("NATS_TLS_KEY", "")),
+            redis_tls_ca=_optional_path(_env("REDIS_TLS_CA", "")),
+            redis_tls_cert=_optional_path(_env("REDIS_TLS_CERT", "")),
+            redis_tls_key=_optional_path(_env("REDIS_TLS_KEY", "")),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
-        for name in ("data_dir", "offline_endorsements_dir", "snp_roots_dir", "dcap_root_ca_path"):
+        for name in (
+            "data_dir", "offline_endorsements_dir", "snp_roots_dir", "dcap_root_ca_path", "credentials_dir",
+            "nats_creds", "nats_tls_ca", "nats_tls_cert", "nats_tls_key", "redis_tls_ca", "redis_tls_cert",
+            "redis_tls_key",
+        ):  # fmt: skip
             if name in clean:
                 clean[name] = Path(str(clean[name]))
         return dataclasses.replace(base, **clean)  # type: ignore[arg-type]
@@ -109,3 +139,8 @@ class Settings:
     @property
     def audit_log_path(self) -> Path:
         return self.data_dir / "audit.jsonl"
+
+    @property
+    def embedded_credentials_dir(self) -> Path:
+        """Where `remits up` keeps the credentials of its embedded servers' users."""
+        return self.data_dir / "credentials"

@@ -118,6 +118,7 @@ def build_ear_claims(
     lifetime_s: int = 300,
     issuer: str = "remits",
     verifier_build: str,
+    eat_nonce: str | None = None,
 ) -> dict[str, Any]:
     """Claims of the token returned by ``/attest`` for the CPU TEE ``tee``.
 
@@ -129,7 +130,7 @@ def build_ear_claims(
     if lifetime_s <= 0:
         raise ValueError("token lifetime must be positive")
     full_vector = normalize_vector(vector)
-    return {
+    claims: dict[str, Any] = {
         "eat_profile": EAT_PROFILE,
         "iat": issued_at,
         "exp": issued_at + lifetime_s,
@@ -145,6 +146,10 @@ def build_ear_claims(
             }
         },
     }
+    if eat_nonce is not None:
+        # The challenge this appraisal answers (EAT's eat_nonce): what ties a token to one session.
+        claims["eat_nonce"] = eat_nonce
+    return claims
 
 
 # --- signing ------------------------------------------------------------------------------------

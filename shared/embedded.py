@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared import credentials
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -96,63 +98,83 @@ class EmbeddedInfra:
     nats: ManagedServer
     redis: ManagedServer
     workdir: Path
+    credentials_dir: Path
 
     @property
     def nats_url(self) -> str:
         return f"nats://127.0.0.1:{self.nats.port}"
 
     @property
-    def redis_url(self) -> str:
+    def redis_base_url(self) -> str:
+        """Without a user: each component adds its own from the credentials directory."""
         return f"redis://127.0.0.1:{self.redis.port}/0"
+
+    @property
+    def redis_url(self) -> str:
+        """As the operator (the default user), for provisioning and tools."""
+        return credentials.load(self.credentials_dir, credentials.ADMIN).redis_url(self.redis_base_url)
+
+    async def connect(self, component: str = credentials.ADMIN, name: str = "remits-test"):  # type: ignore[no-untyped-def]
+        """(nc, js) as ``component``."""
+        from shared.bus import connect
+
+        creds = credentials.load(self.credentials_dir, component)
+        return await connect(self.nats_url, name, creds=creds.nats_seed_path, inbox_prefix=credentials.inbox_prefix(component))
 
     def stop(self) -> None:
         self.nats.stop()
         self.redis.stop()
 
 
-def nats_server(workdir: Path, monitor_port: int | None = None) -> ManagedServer:
+def nats_server(workdir: Path, monitor_port: int | None = None, credentials_dir: Path | None = None) -> ManagedServer:
     """A nats-server with JetStream on a free loopback port (not started); with ``monitor_port``,
-    its HTTP monitoring endpoints (/varz: message counters) too."""
+    its HTTP monitoring endpoints (/varz: message counters) too. With ``credentials_dir``, only
+    the users it holds may connect, each with its own permissions."""
     data = workdir / "nats"
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data)]
+    if credentials_dir is not None:
+        argv += ["-c", str(credentials_dir / "nats-authorization.conf")]
     if monitor_port is not None:
         argv += ["-m", str(monitor_port)]
     return ManagedServer("nats", argv, port, workdir / "nats.log")
 
 
-def redis_server(workdir: Path) -> ManagedServer:
-    """A redis-server that keeps nothing on disk, on a free loopback port (not started)."""
+def redis_server(workdir: Path, credentials_dir: Path | None = None) -> ManagedServer:
+    """A redis-server that keeps nothing on disk, on a free loopback port (not started). With
+    ``credentials_dir``, its ACL users; the default user then needs the operator's password."""
     redis_dir = workdir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
     redis_port = free_port()
-    return ManagedServer(
-        "redis",
-        [
-            redis_server_binary(),
-            "--bind", "127.0.0.1",
-            "--port", str(redis_port),
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(redis_dir),
-            "--maxclients", "10000",
-        ],
-        redis_port,
-        workdir / "redis.log",
-    )
+    argv = [
+        redis_server_binary(),
+        "--bind", "127.0.0.1",
+        "--port", str(redis_port),
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(redis_dir),
+        "--maxclients", "10000",
+    ]  # fmt: skip
+    if credentials_dir is not None:
+        argv += ["--aclfile", str(credentials_dir / "redis-users.acl")]
+    return ManagedServer("redis", argv, redis_port, workdir / "redis.log")
 
 
-def start_embedded(workdir: Path) -> EmbeddedInfra:
+def start_embedded(workdir: Path, credentials_dir: Path | None = None) -> EmbeddedInfra:
+    """NATS and Redis that refuse anonymous clients, with every component's user (credentials are
+    created in ``workdir/credentials`` unless a directory is given)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    nats, redis = nats_server(workdir), redis_server(workdir)
+    creds = credentials_dir or workdir / "credentials"
+    credentials.ensure_credentials(creds)
+    nats, redis = nats_server(workdir, credentials_dir=creds), redis_server(workdir, credentials_dir=creds)
     nats.start()
     try:
         redis.start()
     except Exception:
         nats.stop()
         raise
-    return EmbeddedInfra(nats=nats, redis=redis, workdir=workdir)
+    return EmbeddedInfra(nats=nats, redis=redis, workdir=workdir, credentials_dir=creds)
 
 
 def pid_alive(pid: int) -> bool:

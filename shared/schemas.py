@@ -25,6 +25,23 @@ def stage_subject(stage: str) -> str:
     return f"remits.stage.{stage}"
 
 
+# The decide stage reads two subjects: appraisals, which only the measure stage may publish (NATS
+# refuses anyone else), and rejections, which any stage before it may send.
+APPRAISAL_SUBJECT = "remits.stage.decide.appraisal"
+REJECTION_SUBJECT = "remits.stage.decide.rejection"
+
+
+def consumer_subject(stage: str) -> str:
+    """What a stage's durable consumer reads."""
+    return "remits.stage.decide.>" if stage == "decide" else stage_subject(stage)
+
+
+# Per-process counters and stage timings, asked of every process (see shared.stats).
+STATS_COLLECT_SUBJECT = "remits.stats.collect"
+STATS_RESET_SUBJECT = "remits.stats.reset"
+STATS_SUBJECTS = "remits.stats.*"
+
+
 def decision_subject(tee: str, status: str) -> str:
     return f"remits.decision.{tee}.{status}"
 
@@ -35,6 +52,16 @@ def dlq_subject(stage: str) -> str:
 
 def outcome_subject(gateway_id: str) -> str:
     return f"remits.outcome.{gateway_id}"
+
+
+def outcome_copy_subject(request_id: str) -> str:
+    """What the Redis copy of an outcome is authenticated as (it is no more trusted than the bus)."""
+    return f"remits.outcome-copy.{request_id}"
+
+
+def kind_of(message: msgspec.Struct) -> str:
+    """The tag a stage message travels under (e.g. ``appraised_evidence``)."""
+    return str(type(message).__struct_config__.tag)
 
 
 # Resource fetches are reads, answered at once: core NATS request/reply to the release stage's

@@ -17,10 +17,11 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from shared import schemas
 from shared.metrics import LogHistogram
 
-COLLECT_SUBJECT = "remits.stats.collect"
-RESET_SUBJECT = "remits.stats.reset"
+COLLECT_SUBJECT = schemas.STATS_COLLECT_SUBJECT
+RESET_SUBJECT = schemas.STATS_RESET_SUBJECT
 
 
 @dataclass

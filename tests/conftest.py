@@ -35,6 +35,7 @@ class RunningStack:
     settings: Settings
     pki: VendorPKI
     kds: LocalEndorsementServer
+    infra: EmbeddedInfra
 
     @property
     def url(self) -> str:
@@ -51,13 +52,28 @@ class RunningStack:
 def stack_settings(infra: EmbeddedInfra, data_dir: Path, **overrides: object) -> Settings:
     base = Settings(
         nats_url=infra.nats_url,
-        redis_url=infra.redis_url,
+        redis_url=infra.redis_base_url,  # each component adds its own Redis user
         data_dir=data_dir,
         http_port=0,
         ack_wait_s=3.0,
         request_timeout_s=20.0,
+        credentials_dir=infra.credentials_dir,
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+async def publisher_as(infra: EmbeddedInfra, component: str):  # type: ignore[no-untyped-def]
+    """(nc, publisher) connected and signing as ``component``: how a test puts a message on the
+    bus that the next stage accepts."""
+    from shared import credentials
+    from shared.bus import JetStreamPublisher
+    from shared.busauth import BusAuth
+
+    nc, _ = await infra.connect(component)
+    creds = credentials.load(infra.credentials_dir, component)
+    publisher = JetStreamPublisher(nc, auth=BusAuth(component, creds.bus_key, creds.peer_bus_keys))
+    await publisher.start()
+    return nc, publisher
 
 
 async def start_stack(
@@ -75,7 +91,7 @@ async def start_stack(
     await stack.start()
     await stack.store.add_reference_values("sample", "measurement", [GOOD_MEASUREMENT.hex()])
     await stack.store.put_resource(RESOURCE, SECRET)
-    return RunningStack(stack, settings, pki, kds)
+    return RunningStack(stack, settings, pki, kds, infra)
 
 
 @pytest.fixture

@@ -16,9 +16,11 @@ from nats.js import api as js_api
 
 from shared import schemas
 from shared.bus import PullConsumer, ack_fields
+from shared.busauth import BusAuth, Unauthenticated
 from shared.telemetry import get_logger
 
 log = get_logger("remits.audit")
+_FROM_DECIDE = frozenset({"decide"})
 _json = msgspec.json.Encoder()
 
 
@@ -36,9 +38,12 @@ def audit_record(decision: schemas.Decision, stream_seq: int) -> schemas.AuditRe
     )
 
 
-async def run_audit(nc: NATS, log_path: Path, stop: asyncio.Event, window: int = 512) -> None:
+async def run_audit(
+    nc: NATS, log_path: Path, stop: asyncio.Event, window: int = 512, auth: BusAuth | None = None
+) -> None:
     """Append every decision to ``log_path``; ack only once its line is on disk, so a crash
-    replays decisions and never loses one."""
+    replays decisions and never loses one. With ``auth``, only decisions the decide stage tagged
+    are recorded; anything else on the decision stream is a forgery, logged and dropped."""
     arrived: list[Msg] = []
     wake = asyncio.Event()
 
@@ -64,10 +69,12 @@ async def run_audit(nc: NATS, log_path: Path, stop: asyncio.Event, window: int =
                 lines = []
                 for msg in batch:
                     try:
+                        if auth is not None:
+                            auth.verify(msg.subject, msg.data, msg.headers, accept=_FROM_DECIDE)
                         decision = schemas.decode_decision(msg.data)
                         stream_seq = ack_fields(msg.reply)[1]
-                    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-                        log.error("audit.undecodable", error=str(exc))
+                    except (Unauthenticated, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                        log.error("audit.refused", error=repr(exc))
                         await msg.term()
                         consumer.done()
                         continue

@@ -30,10 +30,11 @@ import msgspec
 from services.bench import crypto_floor, report
 from services.bench import fleet as simulated_fleet
 from services.cli.common import spawn_server, spawn_worker, stop_processes
-from shared import schemas
-from shared.bus import connect, ensure_topology
+from shared import credentials, schemas
+from shared.bus import ensure_topology
 from shared.cache import Store
 from shared.config import Settings
+from shared.connections import connect_nats, identity_of, open_store
 from shared.embedded import ManagedServer, free_port, nats_server, redis_server
 from shared.metrics import LogHistogram
 from shared.stats import COLLECT_SUBJECT, RESET_SUBJECT
@@ -115,6 +116,10 @@ class Run:
     nc: Any = None
     js: Any = None
 
+    @property
+    def credentials_dir(self) -> Path:
+        return self.workdir / "data" / "credentials"
+
     def track(self, pid: int, kind: str) -> None:
         self.processes[pid] = kind
 
@@ -184,8 +189,9 @@ async def _spawn_python(module: str, argv: list[str], log_path: Path, env: dict[
 @contextlib.asynccontextmanager
 async def _infrastructure(run: Run) -> AsyncIterator[tuple[str, str]]:
     run.monitor_port = free_port()
-    nats = nats_server(run.workdir / "infra", monitor_port=run.monitor_port)
-    redis = redis_server(run.workdir / "infra")
+    credentials.ensure_credentials(run.credentials_dir)
+    nats = nats_server(run.workdir / "infra", monitor_port=run.monitor_port, credentials_dir=run.credentials_dir)
+    redis = redis_server(run.workdir / "infra", credentials_dir=run.credentials_dir)
     try:
         for server in (nats, redis):
             await asyncio.to_thread(server.start)
@@ -334,15 +340,19 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         run = Run(cfg, Path(tmp))
         async with _infrastructure(run) as (nats_url, redis_url):
             port = free_port()
-            settings = Settings(nats_url=nats_url, redis_url=redis_url, data_dir=run.workdir / "data", http_port=port)
-            settings.data_dir.mkdir(parents=True)
+            settings = Settings(
+                nats_url=nats_url, redis_url=redis_url, data_dir=run.workdir / "data", http_port=port,
+                credentials_dir=run.credentials_dir,
+            )  # fmt: skip
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
             vendor, vendor_ready = await _start_vendor(run, settings)
             clients: list[asyncio.subprocess.Process] = []
             try:
                 settings = _settings_with_vendor(settings, vendor_ready["env"])
-                run.nc, run.js = await connect(nats_url, "remits-bench")
+                operator = identity_of(settings, credentials.ADMIN)  # the bench sets up and observes
+                run.nc, run.js = await connect_nats(settings, operator, "remits-bench")
                 await ensure_topology(run.js, settings)
-                run.store = Store.from_url(redis_url)
+                run.store = open_store(settings, operator)
                 secret = await _provision(run.store, cfg.tees)
                 if cfg.crypto_threads is not None:
                     settings = replace(settings, crypto_threads=cfg.crypto_threads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from services.cli.common import settings_from_args, stop_on_signals
+from services.cli.common import add_identity_flags, settings_from_args, stop_on_signals
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -14,15 +14,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tail = audit_sub.add_parser("tail", help="follow decisions live")
     tail.add_argument("--nats", help="NATS URL")
     tail.add_argument("--history", action="store_true", help="start from the first kept decision")
+    add_identity_flags(tail)
     tail.set_defaults(run=lambda args: asyncio.run(cmd_audit_tail(args)))
 
 
 async def cmd_audit_tail(args: argparse.Namespace) -> int:
     from services.audit.worker import tail
-    from shared.bus import connect
+    from shared import credentials
+    from shared.connections import connect_nats, identity_of
 
     settings = settings_from_args(args)
-    nc, js = await connect(settings.nats_url, "remits-audit-tail")
+    # An ephemeral consumer on the decision stream: an operator's right, not the audit worker's.
+    nc, js = await connect_nats(settings, identity_of(settings, credentials.ADMIN), "remits-audit-tail")
     stop = asyncio.Event()
     stop_on_signals(stop)
     try:

@@ -10,7 +10,9 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
+from shared import credentials
 from shared.config import Settings
 from shared.embedded import ManagedServer, nats_server, redis_server
 
@@ -26,6 +28,16 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nats", help="NATS URL (default: start an embedded nats-server)")
     parser.add_argument("--redis", help="Redis URL (default: start an embedded redis-server)")
     parser.add_argument("--data-dir", help="keys, sample PKI and audit log (default: $REMITS_DATA_DIR or .remits)")
+    add_identity_flags(parser)
+
+
+def add_identity_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--credentials-dir",
+        help="each component's NATS and Redis credentials and message keys (`remits creds` writes them; "
+        "default: $REMITS_CREDENTIALS_DIR, or the data directory's for embedded servers)",
+    )
+    parser.add_argument("--nats-creds", help="this component's NATS credentials (nkey seed or .creds file)")
 
 
 def settings_from_args(args: argparse.Namespace, **extra: object) -> Settings:
@@ -42,6 +54,10 @@ def settings_from_args(args: argparse.Namespace, **extra: object) -> Settings:
         overrides["sample_kds_url"] = args.kds
     if getattr(args, "reuse_port", False):
         overrides["http_reuse_port"] = True
+    if getattr(args, "credentials_dir", None):
+        overrides["credentials_dir"] = args.credentials_dir
+    if getattr(args, "nats_creds", None):
+        overrides["nats_creds"] = args.nats_creds
     return Settings.from_env(**overrides)
 
 
@@ -53,22 +69,29 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
 
 @contextlib.asynccontextmanager
-async def embedded_infrastructure(args: argparse.Namespace, workdir: Path) -> AsyncIterator[dict[str, str]]:
-    """Embedded NATS and/or Redis for whichever URL was not given; stopped again on exit."""
-    urls: dict[str, str] = {}
+async def embedded_infrastructure(
+    args: argparse.Namespace, workdir: Path, credentials_dir: Path
+) -> AsyncIterator[dict[str, Any]]:
+    """Embedded NATS and/or Redis for whichever URL was not given, accepting only the users in
+    ``credentials_dir`` (created there if missing); stopped again on exit."""
+    settings: dict[str, Any] = {}
     started: list[ManagedServer] = []
+    embedded = not getattr(args, "nats", None) or not getattr(args, "redis", None)
+    if embedded:
+        await asyncio.to_thread(credentials.ensure_credentials, credentials_dir)
+        settings["credentials_dir"] = credentials_dir
     try:
         if not getattr(args, "nats", None):
-            nats = nats_server(workdir / "infra")
+            nats = nats_server(workdir / "infra", credentials_dir=credentials_dir)
             await asyncio.to_thread(nats.start)
             started.append(nats)
-            urls["nats_url"] = f"nats://127.0.0.1:{nats.port}"
+            settings["nats_url"] = f"nats://127.0.0.1:{nats.port}"
         if not getattr(args, "redis", None):
-            redis = redis_server(workdir / "infra")
+            redis = redis_server(workdir / "infra", credentials_dir=credentials_dir)
             await asyncio.to_thread(redis.start)
             started.append(redis)
-            urls["redis_url"] = f"redis://127.0.0.1:{redis.port}/0"
-        yield urls
+            settings["redis_url"] = f"redis://127.0.0.1:{redis.port}/0"
+        yield settings
     finally:
         for server in started:
             await asyncio.to_thread(server.stop)
@@ -95,6 +118,8 @@ def server_environment(settings: Settings) -> dict[str, str]:
         REMITS_DCAP_PCS_URL=settings.dcap_pcs_url,
         REMITS_CRYPTO_THREADS=str(settings.crypto_threads),
     )
+    if settings.credentials_dir is not None:
+        env["REMITS_CREDENTIALS_DIR"] = str(settings.credentials_dir)
     if settings.snp_roots_dir is not None:
         env["REMITS_SNP_ROOTS_DIR"] = str(settings.snp_roots_dir)
     if settings.dcap_root_ca_path is not None:

@@ -20,7 +20,9 @@ from services.cli.common import (
     stop_processes,
 )
 from services.runtime import Stack, init_data_dir
+from shared import credentials
 from shared.config import Settings
+from shared.connections import identity_of, open_store
 from shared.embedded import free_port
 
 
@@ -73,16 +75,14 @@ async def fleet_target(args: argparse.Namespace, workdir: Path):  # type: ignore
     """Embedded NATS/Redis, the simulated vendor's key server, and the REMITS stack: in this
     process (--processes 0) or as N `remits up` server processes sharing one port (SO_REUSEPORT),
     so the simulated fleet's own crypto does not compete with the service for one event loop."""
-    from shared.cache import Store
-
     args.nats = args.redis = None
-    async with embedded_infrastructure(args, workdir) as urls:
+    async with embedded_infrastructure(args, workdir, workdir / "data" / "credentials") as urls:
         base = {**urls, "data_dir": workdir / "data", "http_port": 0}
         settings = settings_from_args(args, **base)
         init_data_dir(settings)
         fleet, kds, extra = await simulated_vendor(args, settings)
         settings = settings_from_args(args, **base, **extra)
-        store = Store.from_url(settings.redis_url)
+        store = open_store(settings, identity_of(settings, credentials.ADMIN))  # provisions the fleet
         servers: list[asyncio.subprocess.Process] = []
         stack: Stack | None = None
         try:

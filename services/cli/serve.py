@@ -11,6 +11,7 @@ from pathlib import Path
 
 from services.cli.common import (
     add_connection_flags,
+    add_identity_flags,
     embedded_infrastructure,
     host_port,
     settings_from_args,
@@ -21,8 +22,9 @@ from services.cli.common import (
     stop_processes,
 )
 from services.runtime import COMPONENTS, Stack
-from shared import schemas
+from shared import credentials, schemas
 from shared.config import Settings
+from shared.connections import MissingCredentials, connect_nats, identity_of
 from shared.embedded import free_port
 
 
@@ -60,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     setup = sub.add_parser("setup", help="create or update the JetStream streams and consumers")
     setup.add_argument("--nats", help="NATS URL")
+    add_identity_flags(setup)
     setup.set_defaults(run=lambda args: asyncio.run(cmd_setup(args)))
 
     kds = sub.add_parser("kds", help="run the sample vendor's endorsement (key) server")
@@ -85,8 +88,10 @@ async def cmd_up(args: argparse.Namespace) -> int:
     if processes < 1:
         print("remits up: --processes must be at least 1", file=sys.stderr)
         return 2
-    data_dir = Path(args.data_dir) if args.data_dir else Settings.from_env().data_dir
-    async with embedded_infrastructure(args, data_dir) as urls:
+    env_settings = Settings.from_env()
+    data_dir = Path(args.data_dir) if args.data_dir else env_settings.data_dir
+    creds = Path(args.credentials_dir) if args.credentials_dir else env_settings.credentials_dir
+    async with embedded_infrastructure(args, data_dir, creds or data_dir / "credentials") as urls:
         extra: dict[str, object] = dict(urls)
         if processes > 1 or args.replicas:
             # Every process serves the same gateway port (SO_REUSEPORT); the kernel spreads
@@ -99,7 +104,11 @@ async def cmd_up(args: argparse.Namespace) -> int:
             _, kds = await start_local_kds(settings)
             settings = settings_from_args(args, **extra, sample_kds_url=kds.base_url)
         stack = Stack(settings)
-        await stack.start()
+        try:
+            await stack.start()
+        except (MissingCredentials, PermissionError) as exc:
+            print(f"remits up: {exc}", file=sys.stderr)
+            return 2
         settle_heap()
         stop_on_signals(stack.stop_event)
         children = [
@@ -114,7 +123,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
         replicas = " ".join(f"{stage}+{count}" for stage, count in args.replicas)
         print(
             f"  nats={settings.nats_url} redis={settings.redis_url} sample-kds={settings.sample_kds_url}"
-            f" processes={processes}" + (f" replicas={replicas}" if replicas else ""),
+            f" credentials={settings.credentials_dir} processes={processes}" + (f" replicas={replicas}" if replicas else ""),
             flush=True,
         )
         await stack.stop_event.wait()
@@ -128,7 +137,11 @@ async def cmd_up(args: argparse.Namespace) -> int:
 async def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     stack = Stack(settings, components=(args.stage,), setup_topology=False)
-    await stack.start()
+    try:
+        await stack.start()
+    except (MissingCredentials, PermissionError) as exc:
+        print(f"remits worker: {exc}", file=sys.stderr)
+        return 2
     settle_heap()
     stop_on_signals(stack.stop_event)
     if stack.gateway_url:
@@ -140,10 +153,11 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 
 
 async def cmd_setup(args: argparse.Namespace) -> int:
-    from shared.bus import connect, ensure_topology
+    from shared.bus import ensure_topology
 
     settings = settings_from_args(args)
-    nc, js = await connect(settings.nats_url, "remits-setup")
+    # Creating streams and consumers is the operator's right alone.
+    nc, js = await connect_nats(settings, identity_of(settings, credentials.ADMIN), "remits-setup")
     await ensure_topology(js, settings)
     await nc.drain()
     print("streams and consumers ready")

@@ -40,6 +40,7 @@ def decide(
         issued_at=int(now),
         lifetime_s=lifetime_s,
         verifier_build=VERIFIER_BUILD,
+        eat_nonce=nonce if isinstance(nonce := message.runtime_data_claims.get("nonce"), str) else None,
     )
     if status == "none":
         # A vector with no claims at all is not a trust statement: refuse rather than affirm.

@@ -85,6 +85,12 @@ async def obtain_document(ctx: StageContext, platform: Platform, request: Endors
         if waited > _LOCK_TTL_S + 5:
             raise EndorsementError("endorsement.unavailable", f"timed out waiting for {request.url}")
     try:
+        # The holder before us may have stored the document between our cache miss and our lock:
+        # look again before asking the vendor, or a chip would be fetched twice.
+        cached, ttl_s = await ctx.store.get_endorsement(tee, request.cache_key)
+        if cached is not None:
+            ctx.endorsements.put(local_key, cached, ttl_s)
+            return _cached(cached, request)
         try:
             document = await _fetch_first_known(ctx, request)
         except EndorsementError as err:

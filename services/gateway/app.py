@@ -21,6 +21,7 @@ from nats.aio.client import Client as NATS
 from services.gateway.waiter import OutcomeWaiter
 from shared import schemas
 from shared.bus import ROUTE_HEADER, JetStreamPublisher, Publish, route_header
+from shared.busauth import MAC_HEADER, BusAuth, Unauthenticated
 from shared.cache import Store
 from shared.config import Settings
 from shared.ear import EarSigner, load_or_create_signing_key
@@ -84,10 +85,21 @@ def _root_span(name: str, request_id: str) -> contextlib.AbstractContextManager[
 
 class Gateway:
     def __init__(
-        self, settings: Settings, nc: NATS, publisher: JetStreamPublisher, store: Store, waiter: OutcomeWaiter
+        self,
+        settings: Settings,
+        nc: NATS,
+        publisher: JetStreamPublisher,
+        store: Store,
+        waiter: OutcomeWaiter,
+        auth: BusAuth | None = None,
+        admin_store: Store | None = None,
     ) -> None:
         self.settings = settings
         self.nc = nc
+        self.bus_auth = auth  # signs resource requests, checks release's answers
+        # Writes resources for the admin endpoint under the operator's Redis identity; the
+        # gateway's own identity cannot write a secret. None: the admin endpoint is off.
+        self.admin_store = admin_store
         self.publisher = publisher
         self.store = store
         self.waiter = waiter
@@ -232,14 +244,20 @@ class Gateway:
     async def _fetch_resource(self, message: schemas.ResourceRequest) -> schemas.Outcome:
         """Ask a release replica (request/reply): a lost request is a 503 the guest retries."""
         rid = message.meta.request_id
+        data = schemas.encode(message)
+        headers = inject_headers({ROUTE_HEADER: route_header(rid)})
+        if self.bus_auth is not None:
+            headers[MAC_HEADER] = self.bus_auth.sign(schemas.RESOURCE_SUBJECT, data)
         try:
             reply = await self.nc.request(
-                schemas.RESOURCE_SUBJECT,
-                schemas.encode(message),
-                timeout=self.settings.request_timeout_s,
-                headers=inject_headers({ROUTE_HEADER: route_header(rid)}),
+                schemas.RESOURCE_SUBJECT, data, timeout=self.settings.request_timeout_s, headers=headers
             )
+            if self.bus_auth is not None:
+                self.bus_auth.verify(reply.subject, reply.data, reply.headers, accept=frozenset({"release"}))
             return schemas.decode_outcome(reply.data)
+        except Unauthenticated as exc:
+            log.warning("gateway.resource_answer_unauthenticated", detail=exc.detail)
+            return schemas.Outcome(rid, "denied", exc.reason, exc.detail)
         except nats.errors.NoRespondersError:
             return schemas.Outcome(rid, "denied", "pipeline.unavailable", "no release stage is running")
         except (TimeoutError, nats.errors.TimeoutError):
@@ -253,8 +271,8 @@ class Gateway:
         """Admin: store a resource. Disabled unless an admin token is configured (fail closed)."""
         admin = self.settings.admin_token
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not admin or not secrets.compare_digest(given.encode(), admin.encode()):
+        if not admin or self.admin_store is None or not secrets.compare_digest(given.encode(), admin.encode()):
             return _error(401, "AdminAuth", "admin API requires the configured admin bearer token")
         path = "/".join(request.match_info[k] for k in ("repository", "type", "tag"))
-        await self.store.put_resource(path, await _read_body(request, self.settings.max_body_bytes))
+        await self.admin_store.put_resource(path, await _read_body(request, self.settings.max_body_bytes))
         return _json_response({"stored": path})

@@ -9,14 +9,25 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from shared import schemas
+from shared.busauth import MAC_HEADER, BusAuth, Unauthenticated
 from shared.cache import Store
 from shared.resp import RedisConnectionError
+from shared.telemetry import get_logger
+
+log = get_logger("remits.gateway")
+
+
+_FROM_RELEASE = frozenset({"release"})
 
 
 class OutcomeWaiter:
-    def __init__(self, nc: NATS, store: Store, gateway_id: str) -> None:
+    """Outcomes count only when the release stage tagged them (``auth``): anyone else who can
+    reach NATS or Redis could otherwise hand a guest a token of their choosing."""
+
+    def __init__(self, nc: NATS, store: Store, gateway_id: str, auth: BusAuth | None = None) -> None:
         self.nc = nc
         self.store = store
+        self.auth = auth
         self.subject = schemas.outcome_subject(gateway_id)
         self._pending: dict[str, asyncio.Future[schemas.Outcome]] = {}
         self._sub = None
@@ -30,7 +41,12 @@ class OutcomeWaiter:
 
     async def _on_outcome(self, msg) -> None:  # type: ignore[no-untyped-def]
         try:
+            if self.auth is not None:
+                self.auth.verify(msg.subject, msg.data, msg.headers, accept=_FROM_RELEASE)
             outcome = schemas.decode_outcome(msg.data)
+        except Unauthenticated as exc:
+            log.warning("gateway.outcome_unauthenticated", detail=exc.detail)
+            return
         except (msgspec.DecodeError, msgspec.ValidationError):
             return
         future = self._pending.get(outcome.request_id)
@@ -56,7 +72,14 @@ class OutcomeWaiter:
             except RedisConnectionError:
                 stored = None  # the fallback copy is unreachable too: still a timeout, not a crash
             if stored is not None:
-                return schemas.decode_outcome(stored)
+                data, mac = stored
+                try:
+                    if self.auth is not None:
+                        subject = schemas.outcome_copy_subject(request_id)
+                        self.auth.verify(subject, data, {MAC_HEADER: mac}, accept=_FROM_RELEASE)
+                    return schemas.decode_outcome(data)
+                except (Unauthenticated, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    log.warning("gateway.outcome_copy_refused", error=repr(exc))
             return schemas.Outcome(
                 request_id, "rejected", "pipeline.timeout", f"no decision within {timeout_s:.0f}s"
             )

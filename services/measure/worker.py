@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from services.common import StageContext, next_stage, reject
+from services.common import StageContext, reject
 from shared import schemas
 from shared.bus import Publish
 from shared.errors import RemitsError
@@ -44,6 +44,7 @@ def make_handler(ctx: StageContext):
             vector=appraisal.vector,
             notes=appraisal.notes,
         )
-        return [next_stage("decide", appraised, STAGE)]
+        # The appraisal subject: NATS lets only the measure stage publish there.
+        return [Publish(schemas.APPRAISAL_SUBJECT, appraised, f"{message.meta.request_id}:{STAGE}")]
 
     return handle

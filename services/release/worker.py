@@ -10,15 +10,17 @@ import asyncio
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
-from services.common import StageContext, notify_outcome, outcome_of
+from services.common import StageContext, notify_outcome, outcome_mac, outcome_of, signed
 from shared import schemas
 from shared.bus import Publish
+from shared.busauth import Unauthenticated
 from shared.cache import TtlCache
 from shared.ear import EarVerifier, submod_status, tee_pubkey_from_claims
 from shared.errors import RemitsError, VerificationError
@@ -32,18 +34,25 @@ log = get_logger("remits.release")
 RESOURCE_PATH = re.compile(r"^[A-Za-z0-9_.-]{1,128}/[A-Za-z0-9_.-]{1,128}/[A-Za-z0-9_.-]{1,128}$")
 
 
+@dataclass(frozen=True)
+class VerifiedToken:
+    """What release needs from a token this service signed: its status, the TEE key secrets are
+    wrapped to (or why it names none) and the challenge it answers."""
+
+    status: str
+    tee_jwk: dict[str, Any] | VerificationError
+    eat_nonce: str
+
+
 class Release:
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
         self._verifier = EarVerifier(ctx.signing_key.public_key())
         # Tokens this replica verified, until they expire: the token a guest presents right after
-        # attesting is byte for byte the one checked when its decision arrived. Only what release
-        # needs is kept (status, TEE key), not the whole claim set.
-        self._verified: TtlCache[str, tuple[str, dict[str, Any] | VerificationError]] = TtlCache(100_000)
+        # attesting is byte for byte the one checked when its decision arrived.
+        self._verified: TtlCache[str, VerifiedToken] = TtlCache(100_000)
 
-    def verified_token(self, token: str) -> tuple[str, dict[str, Any] | VerificationError]:
-        """(appraisal status, TEE key) of a token this service signed and that has not expired;
-        in place of the key, why the token names none (resources cannot be wrapped to it)."""
+    def verified_token(self, token: str) -> VerifiedToken:
         entry = self._verified.get(token)
         if entry is None:
             now = self.ctx.clock()
@@ -53,7 +62,8 @@ class Release:
                 tee_jwk = tee_pubkey_from_claims(claims)
             except VerificationError as err:
                 tee_jwk = err
-            entry = (submod_status(claims), tee_jwk)
+            nonce = claims.get("eat_nonce")
+            entry = VerifiedToken(submod_status(claims), tee_jwk, nonce if isinstance(nonce, str) else "")
             self._verified.put(token, entry, float(claims["exp"]) - now)
         return entry
 
@@ -61,35 +71,35 @@ class Release:
         """The stage handler for the decision stream."""
         if isinstance(message, schemas.Decision):
             await self.on_decision(message)
-        else:
-            await notify_outcome(
-                self.ctx,
-                message.meta.reply_to,
-                schemas.Outcome(message.meta.request_id, "rejected", "bus.unexpected_message"),
-            )
+        else:  # only on an open bus: with keys, the runner lets decisions alone through
+            outcome = schemas.Outcome(message.meta.request_id, "rejected", "bus.unexpected_message")
+            await notify_outcome(self.ctx, message.meta.reply_to, outcome)
         return []
 
     async def on_decision(self, decision: schemas.Decision) -> None:
         ctx, meta = self.ctx, decision.meta
         if decision.status != "rejected":
             try:
-                # Never mark a session attested on a token this service did not sign.
-                self.verified_token(decision.token)
+                # Never mark a session attested on a token this service did not sign...
+                verified = self.verified_token(decision.token)
+                if meta.session_id:
+                    # ...nor on one issued for another session's challenge.
+                    outcome = outcome_of(decision)
+                    data = schemas.encode(outcome)
+                    bound = await ctx.store.mark_attested(
+                        meta.session_id, decision.token, verified.eat_nonce, ctx.settings.token_lifetime_s,
+                        (meta.request_id, data, outcome_mac(ctx, meta.request_id, data)),
+                    )  # fmt: skip
+                    if bound != "ok":
+                        raise VerificationError(f"token.{bound}", "the token does not answer this session's challenge")
+                    await notify_outcome(ctx, meta.reply_to, outcome, stored=True)
+                    return
             except RemitsError as err:
                 log.warning("decision.token_refused", reason=err.reason, detail=err.detail)
                 decision = schemas.Decision(
                     meta=meta, status="rejected", decided_at=ctx.clock(), reason=err.reason, detail=err.detail
                 )
-        outcome = outcome_of(decision)
-        encoded = schemas.encode(outcome)
-        if decision.status != "rejected" and meta.session_id:
-            # The session's token and the gateway's fallback copy of the outcome in one trip.
-            await ctx.store.mark_attested(
-                meta.session_id, decision.token, ctx.settings.token_lifetime_s, (meta.request_id, encoded)
-            )
-        else:
-            await ctx.store.put_outcome(meta.request_id, encoded)
-        await notify_outcome(ctx, meta.reply_to, outcome, stored=True)
+        await notify_outcome(ctx, meta.reply_to, outcome_of(decision))
 
     async def resource(self, request: schemas.ResourceRequest) -> schemas.Outcome:
         rid = request.meta.request_id
@@ -101,9 +111,10 @@ class Release:
         if not token:
             return schemas.Outcome(rid, "denied", "token.not_found", "attest first, or send Authorization: Bearer <token>")
         try:
-            status, tee_jwk = self.verified_token(token)
-            if status != "affirming":
-                return schemas.Outcome(rid, "denied", "policy.status_not_affirming", f"ear.status is {status}")
+            verified = self.verified_token(token)
+            if verified.status != "affirming":
+                return schemas.Outcome(rid, "denied", "policy.status_not_affirming", f"ear.status is {verified.status}")
+            tee_jwk = verified.tee_jwk
             if isinstance(tee_jwk, VerificationError):
                 raise tee_jwk
             if secret is None:
@@ -151,8 +162,15 @@ class ResourceResponder:
 
     async def _answer(self, msg: Msg) -> None:
         started = time.monotonic()
+        auth = self._release.ctx.auth
         try:
+            if auth is not None:
+                auth.verify(msg.subject, msg.data, msg.headers, accept=frozenset({"gateway"}))
             request = schemas.decode_stage(msg.data)
+        except Unauthenticated as exc:
+            log.warning("resource.unauthenticated", detail=exc.detail)
+            await self._reply(msg, schemas.Outcome("", "denied", exc.reason, exc.detail))
+            return
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await self._reply(msg, schemas.Outcome("", "denied", "bus.undecodable", str(exc)))
             return
@@ -180,4 +198,5 @@ class ResourceResponder:
 
     async def _reply(self, msg: Msg, outcome: schemas.Outcome) -> None:
         if msg.reply:
-            await self._release.ctx.nc.publish(msg.reply, schemas.encode(outcome))
+            data = schemas.encode(outcome)
+            await self._release.ctx.nc.publish(msg.reply, data, headers=signed(self._release.ctx, msg.reply, data))

@@ -14,7 +14,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from services.common import make_dead_letter_handler, reject
+from services.common import make_dead_letter_handler, reject, stage_runner
 from shared import schemas
 from shared.bus import (
     ROUTE_HEADER,
@@ -25,7 +25,7 @@ from shared.bus import (
     parse_route,
     route_header,
 )
-from tests.conftest import RunningStack, start_stack
+from tests.conftest import RunningStack, publisher_as, start_stack
 
 pytestmark = pytest.mark.integration
 WITHOUT_MEASURE = ("intake", "endorse", "identity", "decide", "release", "gateway", "audit")
@@ -53,8 +53,8 @@ async def outcomes_until(sub, wanted: set[str], timeout_s: float) -> dict[str, l
 
 
 async def decisions_for(rs: RunningStack, request_ids: set[str]) -> Counter[str]:
-    nc = await nats.connect(rs.settings.nats_url)
-    js = nc.jetstream()
+    """How many decisions each request has on the stream, read as the operator."""
+    js = rs.stack.js
     info = await js.stream_info(schemas.DECISION_STREAM)
     sub = await js.subscribe("remits.decision.>", ordered_consumer=True)
     seen: Counter[str] = Counter()
@@ -62,26 +62,28 @@ async def decisions_for(rs: RunningStack, request_ids: set[str]) -> Counter[str]
         decision = schemas.decode_decision((await sub.next_msg(timeout=5)).data)
         if decision.meta.request_id in request_ids:
             seen[decision.meta.request_id] += 1
-    await nc.close()
+    await sub.unsubscribe()
     return seen
 
 
 @contextlib.asynccontextmanager
-async def stage_under_test(rs: RunningStack, runner: StageRunner) -> AsyncIterator[tuple[JetStreamPublisher, Any, str]]:
-    """The runner in place of the stack's own stage, a client publisher and the subscription on
-    which the gateway-side outcomes arrive; everything is stopped again afterwards."""
+async def stage_under_test(
+    rs: RunningStack, runner: StageRunner, sender: str
+) -> AsyncIterator[tuple[JetStreamPublisher, Any, str]]:
+    """The runner in place of the stack's own stage, a publisher signing as ``sender`` (the stage
+    before it) and the subscription on which the gateway-side outcomes arrive; everything is
+    stopped again afterwards."""
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
-    nc = await nats.connect(rs.settings.nats_url)
     reply = f"remits.outcome.test-{uuid.uuid4().hex[:8]}"
-    sub = await nc.subscribe(reply)
-    publisher = JetStreamPublisher(nc)
+    sub = await rs.stack.nc.subscribe(reply)
+    nc, publisher = await publisher_as(rs.infra, sender)
     try:
-        await publisher.start()
         await asyncio.sleep(0.2)  # the runner has bound its consumer
         yield publisher, sub, reply
     finally:
         await publisher.stop()
+        await sub.unsubscribe()
         stop.set()
         await task
         await nc.close()
@@ -100,8 +102,8 @@ async def test_a_poison_message_in_a_batch_delays_nothing_else(infra, tmp_path) 
             raise RuntimeError("a bug that this one message triggers")
         return [reject(message.meta, "measure", "test.measured")]
 
-    runner = StageRunner("measure", rs.stack.nc, rs.stack.js, measure, make_dead_letter_handler(rs.stack.ctx), rs.settings)
-    async with stage_under_test(rs, runner) as (publisher, sub, reply):
+    runner = stage_runner("measure", await rs.stack.attach("measure"), measure)
+    async with stage_under_test(rs, runner, sender="identity") as (publisher, sub, reply):
         good = [f"good-{i}-{uuid.uuid4().hex[:6]}" for i in range(40)]
         undecodable = f"undecodable-{uuid.uuid4().hex[:8]}"
         items = [Publish(schemas.stage_subject("measure"), verified(rid, reply), f"{rid}:identity") for rid in good]
@@ -155,23 +157,24 @@ async def test_a_crash_between_publish_and_ack_makes_no_second_decision(infra, t
 
     from services.decide.worker import make_handler as decide_handler
 
-    inner = decide_handler(rs.stack.ctx)
+    ctx = await rs.stack.attach(stage)
+    inner = decide_handler(ctx)
 
     async def decide(message: schemas.StageUnion):  # type: ignore[no-untyped-def]
         calls[message.meta.request_id] += 1
         return await inner(message)
 
     runner = CrashesBeforeAck(
-        stage, rs.stack.nc, rs.stack.js, measure if stage == "measure" else decide,
-        make_dead_letter_handler(rs.stack.ctx), rs.settings, crash_for=request_id,
-    )
-    async with stage_under_test(rs, runner) as (publisher, sub, reply):
+        stage, ctx.nc, ctx.js, measure if stage == "measure" else decide, make_dead_letter_handler(ctx), ctx.settings,
+        publisher=ctx.publisher, auth=ctx.auth, crash_for=request_id,
+    )  # fmt: skip
+    async with stage_under_test(rs, runner, sender="identity") as (publisher, sub, reply):
         if stage == "measure":
             await publisher.send(Publish(schemas.stage_subject("measure"), verified(request_id, reply), f"{request_id}:identity"), request_id)
         else:
             meta = verified(request_id, reply).meta
             message = schemas.Rejection(meta=meta, stage="identity", reason="test.rejected")
-            await publisher.send(Publish(schemas.stage_subject("decide"), message, f"{request_id}:identity"), request_id)
+            await publisher.send(Publish(schemas.REJECTION_SUBJECT, message, f"{request_id}:identity"), request_id)
         got = await outcomes_until(sub, {request_id}, timeout_s=15)
         # Handled twice (the redelivery after the crash), decided and answered once.
         for _ in range(50):
@@ -186,10 +189,8 @@ async def test_a_crash_between_publish_and_ack_makes_no_second_decision(infra, t
 
 
 async def test_the_duplicate_window_drops_a_republished_stage_message(running: RunningStack) -> None:
-    nc = await nats.connect(running.settings.nats_url)
-    js = nc.jetstream()
-    publisher = JetStreamPublisher(nc)
-    await publisher.start()
+    nc, publisher = await publisher_as(running.infra, "decide")
+    js = running.stack.js
     try:
         before = (await js.stream_info(schemas.DECISION_STREAM)).state.last_seq
         meta = schemas.RequestMeta(request_id="dup-" + uuid.uuid4().hex[:8], tee="sample", reply_to="", submitted_at=0.0)

@@ -15,12 +15,12 @@ import nats
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.common import make_dead_letter_handler
+from services.common import stage_runner
 from services.demo.client import GuestClient, sample_evidence
 from shared import schemas
-from shared.bus import ROUTE_HEADER, StageRunner, route_header
+from shared.bus import ROUTE_HEADER, route_header
 from shared.telemetry import DEFAULT_SAMPLE_RATIO, configure_tracing
-from tests.conftest import RunningStack, start_stack
+from tests.conftest import RunningStack, publisher_as, start_stack
 
 pytestmark = pytest.mark.integration
 
@@ -44,9 +44,9 @@ def auth_session(client: GuestClient) -> str:
     raise AssertionError("no session cookie")
 
 
-async def decisions_by_session(nats_url: str) -> dict[str, list[schemas.Decision]]:
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
+async def decisions_by_session(rs: RunningStack) -> dict[str, list[schemas.Decision]]:
+    """Every decision on the stream, read as the operator (the stack's admin connection)."""
+    js = rs.stack.js
     info = await js.stream_info(schemas.DECISION_STREAM)
     found: dict[str, list[schemas.Decision]] = {}
     sub = await js.subscribe("remits.decision.>", ordered_consumer=True)
@@ -55,7 +55,6 @@ async def decisions_by_session(nats_url: str) -> dict[str, list[schemas.Decision
         decision = schemas.decode_decision(msg.data)
         found.setdefault(decision.meta.session_id, []).append(decision)
     await sub.unsubscribe()
-    await nc.close()
     return found
 
 
@@ -63,7 +62,7 @@ async def test_every_attestation_gets_one_audited_decision(running: RunningStack
     devices = [running.enroll() for _ in range(8)] + [running.enroll(register=False) for _ in range(2)]
     results = await asyncio.gather(*(attest(running, d) for d in devices))
     assert [status for _, status, _ in results] == [200] * 8 + [401] * 2
-    by_session = await decisions_by_session(running.settings.nats_url)
+    by_session = await decisions_by_session(running)
     for session_id, status, _ in results:
         decisions = by_session.get(session_id, [])
         assert len(decisions) == 1, (session_id, decisions)
@@ -107,21 +106,24 @@ async def test_one_trace_spans_gateway_to_release(running: RunningStack) -> None
     assert len(request_ids) == 1
 
 
-async def test_undecodable_message_goes_to_dead_letters_and_caller_gets_rejection(running: RunningStack) -> None:
-    nc = await nats.connect(running.settings.nats_url)
-    js = nc.jetstream()
-    outcomes = await nc.subscribe("remits.outcome.test-undecodable")
+async def test_undecodable_message_goes_to_dead_letters_and_caller_gets_rejection(running: RunningStack, infra) -> None:  # type: ignore[no-untyped-def]
+    js = running.stack.js  # the operator watches the outcome and the dead letters
+    outcomes = await running.stack.nc.subscribe("remits.outcome.test-undecodable")
     dead = await js.subscribe("remits.dlq.measure", ordered_consumer=True, deliver_policy=nats.js.api.DeliverPolicy.NEW)
-    await js.publish(
+    # Undecodable but authentic: sent by the identity stage's identity, as a bug there would.
+    nc, publisher = await publisher_as(infra, "identity")
+    await publisher.publish(
         schemas.stage_subject("measure"),
         b"\x93not msgpack of a stage message",
-        headers={ROUTE_HEADER: route_header("req-undecodable", "sample", "remits.outcome.test-undecodable")},
-    )
+        {"Nats-Msg-Id": "req-undecodable:identity",
+         ROUTE_HEADER: route_header("req-undecodable", "sample", "remits.outcome.test-undecodable")},
+    )  # fmt: skip
     outcome = schemas.decode_outcome((await outcomes.next_msg(timeout=10)).data)
     assert outcome.status == "rejected" and outcome.reason.startswith("bus.undecodable")
     letter = schemas.decode_dead_letter((await dead.next_msg(timeout=10)).data)
     assert letter.stage == "measure" and letter.request_id == "req-undecodable"
     assert letter.data.startswith(b"\x93not msgpack")
+    await publisher.stop()
     await nc.close()
 
 
@@ -136,13 +138,13 @@ async def test_exhausted_deliveries_end_in_one_rejection(infra, tmp_path) -> Non
         raise RuntimeError("simulated bug in the measurement stage")
 
     stop = asyncio.Event()
-    runner = StageRunner("measure", rs.stack.nc, rs.stack.js, broken, make_dead_letter_handler(rs.stack.ctx), rs.settings)
+    runner = stage_runner("measure", await rs.stack.attach("measure"), broken)
     task = asyncio.create_task(runner.run(stop))
     try:
         session_id, status, body = await attest(rs, rs.enroll())
         assert status == 401 and "pipeline.max_deliveries_exceeded" in body["detail"], body
         assert attempts == 2
-        decisions = (await decisions_by_session(rs.settings.nats_url))[session_id]
+        decisions = (await decisions_by_session(rs))[session_id]
         assert [d.status for d in decisions] == ["rejected"]
     finally:
         stop.set()
@@ -158,6 +160,7 @@ def _spawn_worker(stage: str, rs: RunningStack, log: Path) -> subprocess.Popen[b
         REMITS_REDIS_URL=rs.settings.redis_url,
         REMITS_DATA_DIR=str(rs.settings.data_dir),
         REMITS_SAMPLE_KDS_URL=rs.settings.sample_kds_url,
+        REMITS_CREDENTIALS_DIR=str(rs.settings.credentials_dir),
         # Long pull requests: a frozen replica keeps one outstanding, so it is handed messages
         # it can never ack, however slowly the machine runs.
         REMITS_FETCH_TIMEOUT_S="10",
@@ -210,7 +213,7 @@ async def test_sigkill_of_a_replica_loses_no_request(infra, tmp_path) -> None:  
         assert [status for _, status, _ in results] == [200] * len(pending), [b for _, s, b in results if s != 200][:3]
         info = await rs.stack.js.consumer_info(schemas.PIPELINE_STREAM, "identity")
         assert info.num_ack_pending == 0 and info.num_redelivered == 0
-        by_session = await decisions_by_session(rs.settings.nats_url)
+        by_session = await decisions_by_session(rs)
         assert all(len(by_session[s]) == 1 for s, _, _ in results)
     finally:
         for worker in workers:

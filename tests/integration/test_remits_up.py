@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from services.demo.client import GuestClient, sample_evidence
+from shared import credentials
 from shared.cache import Store
 from shared.embedded import free_port, pid_alive
 from shared.platforms.sample.pki import SimulatedDevice, VendorPKI
+from shared.resp import RedisError
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +56,12 @@ async def test_remits_up_with_two_processes_serves_and_stops_cleanly(tmp_path: P
         (enrolled / f"{device.device_id.hex()}.der").write_bytes(
             pki.issue_device_cert(device.device_id, device.public_key, datetime.now(UTC))
         )
-        store = Store.from_url(redis_url)
+        # As the operator: the credentials `remits up` generated in its data directory.
+        creds_dir = Path(re.search(r"credentials=(\S+)", details).group(1))  # type: ignore[union-attr]
+        assert creds_dir == tmp_path / "data" / "credentials"
+        with pytest.raises(RedisError, match="NOAUTH"):
+            await Store.from_url(redis_url).get_resource("prod/key/db")  # anonymous: refused
+        store = Store.from_url(credentials.load(creds_dir, "admin").redis_url(redis_url))
         await store.add_reference_values("sample", "measurement", [image.hex()])
         await store.put_resource("prod/key/db", b"s3cret")
         await store.close()

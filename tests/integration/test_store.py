@@ -46,11 +46,20 @@ async def test_concurrent_consumers_only_one_wins(store: Store) -> None:
     assert results.count(NonceState.REPLAYED) == 49
 
 
-async def test_session_becomes_attested(store: Store) -> None:
+async def test_session_becomes_attested_only_with_its_own_challenge(store: Store) -> None:
     session = await store.create_session("sample", ttl_s=60)
-    await store.mark_attested(session.session_id, "tok", ttl_s=60)
+    other = await store.create_session("sample", ttl_s=60)
+    # A token answering another session's challenge changes nothing.
+    assert await store.mark_attested(session.session_id, "tok", other.nonce, 60, ("req-x", b"x", "m")) == "nonce_mismatch"
+    loaded = await store.get_session(session.session_id)
+    assert loaded is not None and loaded.state == "pending" and loaded.token == ""
+    assert await store.get_outcome("req-x") is None
+    assert await store.mark_attested("0" * 32, "tok", session.nonce, 60, ("req-y", b"y", "m")) == "no_session"
+    # Its own: the session holds the token, and the outcome copy (with its tag) is stored with it.
+    assert await store.mark_attested(session.session_id, "tok", session.nonce, 60, ("req-1", b"outcome", "tag")) == "ok"
     loaded = await store.get_session(session.session_id)
     assert loaded is not None and loaded.state == "attested" and loaded.token == "tok"
+    assert await store.get_outcome("req-1") == (b"outcome", "tag")
     assert await store.get_session("0" * 32) is None
 
 

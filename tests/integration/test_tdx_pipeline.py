@@ -12,12 +12,11 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-import nats
 import pytest
 
 from shared import schemas
-from shared.bus import Publish, publish
-from tests.conftest import start_stack
+from shared.bus import Publish
+from tests.conftest import publisher_as, start_stack
 
 pytestmark = pytest.mark.integration
 QUOTES = Path(__file__).resolve().parents[1] / "data" / "tdx" / "quotes"
@@ -46,22 +45,25 @@ async def dcap(infra, tmp_path):  # type: ignore[no-untyped-def]
 async def run_case(rs, case: str, *, eventlog: bytes | None = None) -> schemas.Outcome:  # type: ignore[no-untyped-def]
     exp = expected(case)
     verify_at = datetime.fromisoformat(exp["verify_at"].replace("Z", "+00:00")).timestamp()
-    rs.stack.ctx.clock = lambda: verify_at
-    platform = rs.stack.ctx.platforms[exp["tee"]]
+    rs.stack.set_clock(lambda: verify_at)
+    platform = rs.stack.platforms[exp["tee"]]
     doc: dict = {"quote": base64.b64encode((QUOTES / case / "quote.bin").read_bytes()).decode()}
     if eventlog is not None:
         doc["cc_eventlog"] = base64.b64encode(eventlog).decode()
     info = platform.parse_evidence(json.dumps(doc).encode())
-    nc = await nats.connect(rs.settings.nats_url)
     reply = f"remits.outcome.test-{uuid.uuid4().hex[:8]}"
-    sub = await nc.subscribe(reply)
+    sub = await rs.stack.nc.subscribe(reply)  # the operator listens in place of a gateway
     request_id = uuid.uuid4().hex
     meta = schemas.RequestMeta(request_id=request_id, tee=exp["tee"], reply_to=reply, submitted_at=verify_at)
     message = schemas.ParsedEvidence(
         meta=meta, runtime_data_claims={}, evidence=info.evidence, endorsement_key=info.endorsement_key
     )
-    await publish(rs.stack.js, Publish(schemas.stage_subject("endorse"), message, f"{request_id}:intake"), request_id)
+    # Real quotes bind long-gone challenges, so they enter where intake would have sent them, as intake.
+    nc, publisher = await publisher_as(rs.infra, "intake")
+    await publisher.send(Publish(schemas.stage_subject("endorse"), message, f"{request_id}:intake"), request_id)
     outcome = schemas.decode_outcome((await sub.next_msg(timeout=20)).data)
+    await sub.unsubscribe()
+    await publisher.stop()
     await nc.close()
     return outcome
 

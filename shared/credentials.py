@@ -1,0 +1,232 @@
+"""Who each REMITS component is on the bus and in Redis, and what it may do there.
+
+Every component has its own NATS identity (an nkey), its own Redis ACL user, and its own key for
+authenticating the messages it sends (``shared.busauth``). The permission tables below are the
+first wall: NATS and Redis refuse anything outside them. They are also what `remits creds` and
+`remits up` render into the servers' configuration, so the code and the servers cannot disagree.
+
+Layout of a credentials directory (files holding secrets are mode 0600):
+
+    <component>.nk              the component's NATS nkey seed (`--nats-creds`)
+    <component>.json            its Redis user and password, its message key, its peers' keys
+    nats-authorization.conf     the users block for nats-server (include it, or `-c` it)
+    redis-users.acl             the users for redis-server (`--aclfile`)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared import schemas
+
+STAGE_COMPONENTS = schemas.STAGES
+COMPONENTS: tuple[str, ...] = ("gateway", *STAGE_COMPONENTS, "audit", "admin")
+ADMIN = "admin"  # the operator: topology, provisioning, tools (`remits setup`, `refval`, `bench`)
+
+_BEFORE_DECIDE = frozenset({"intake", "endorse", "identity", "measure", "decide"})
+
+# Which kinds of stage message each consumer takes, and from whom. A message of another kind, or
+# from another sender, is dropped as unauthenticated: the decide stage signs an EAR only for an
+# appraisal the measure stage sent.
+EXPECTS: Mapping[str, Mapping[str, frozenset[str]]] = {
+    "intake": {"attest_request": frozenset({"gateway"})},
+    "endorse": {"parsed_evidence": frozenset({"intake"})},
+    "identity": {"endorsed_evidence": frozenset({"endorse"})},
+    "measure": {"verified_evidence": frozenset({"identity"})},
+    "decide": {"appraised_evidence": frozenset({"measure"}), "rejection": _BEFORE_DECIDE},
+    "release": {"decision": frozenset({"decide"}), "resource_request": frozenset({"gateway"})},
+    "audit": {"decision": frozenset({"decide"})},
+    "gateway": {"outcome": frozenset({"release"})},
+}
+
+# Whose messages each component accepts (and therefore whose keys it holds).
+ACCEPTS: Mapping[str, frozenset[str]] = {
+    component: frozenset().union(*EXPECTS.get(component, {}).values()) for component in (
+        "gateway", *STAGE_COMPONENTS, "audit", "admin"
+    )
+}  # fmt: skip
+
+# The stage a stage hands its work to (rejections always go to decide).
+NEXT_SUBJECT: Mapping[str, str] = {
+    "gateway": schemas.stage_subject("intake"),
+    "intake": schemas.stage_subject("endorse"),
+    "endorse": schemas.stage_subject("identity"),
+    "identity": schemas.stage_subject("measure"),
+    "measure": schemas.APPRAISAL_SUBJECT,
+    "decide": "remits.decision.>",
+}
+
+
+def inbox_prefix(component: str) -> str:
+    """Each component's private inbox space: replies to it cannot be read by another."""
+    return f"_INBOX_{component}"
+
+
+def _consumer_rights(stream: str, durable: str) -> tuple[list[str], list[str]]:
+    """Bind and use one durable consumer: no right to create, alter or delete anything."""
+    publish = [
+        f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",
+        f"$JS.API.STREAM.MSG.GET.{stream}",  # reads an exhausted message for its dead letter
+    ]
+    subscribe = [f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}"]
+    return publish, subscribe
+
+
+def nats_permissions(component: str) -> dict[str, Any]:
+    """The subjects ``component`` may publish and subscribe to (nats-server permission block)."""
+    if component == ADMIN:
+        return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+    publish: list[str] = []
+    subscribe = [f"{inbox_prefix(component)}.>", schemas.STATS_SUBJECTS]
+    if component == "gateway":
+        publish += [schemas.stage_subject("intake"), schemas.RESOURCE_SUBJECT]
+        subscribe += ["remits.outcome.*"]
+    elif component in ("intake", "endorse", "identity", "measure", "decide"):
+        pub, sub = _consumer_rights(schemas.PIPELINE_STREAM, component)
+        publish += [*pub, NEXT_SUBJECT[component], schemas.REJECTION_SUBJECT, schemas.dlq_subject(component)]
+        subscribe += sub
+    elif component == "release":
+        pub, sub = _consumer_rights(schemas.DECISION_STREAM, "release")
+        publish += [*pub, "remits.outcome.*", schemas.dlq_subject("release")]
+        subscribe += [*sub, schemas.RESOURCE_SUBJECT]
+    elif component == "audit":
+        pub, sub = _consumer_rights(schemas.DECISION_STREAM, "audit")
+        publish += pub
+        subscribe += sub
+    else:
+        raise ValueError(f"unknown component {component!r}")
+    # Answers to requests it received (stats collection; release's resource answers), once each.
+    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}, "allow_responses": {"max": 1}}
+
+
+# Redis 6.2 grants commands over all of a user's key patterns together, so each user's patterns and
+# commands are chosen so that no combination is more than the component needs: release reads
+# resources with GET but writes only hashes (HSET), so it cannot overwrite a secret.
+REDIS_RULES: Mapping[str, str] = {
+    "gateway": "~remits:session:* ~remits:nonce:* ~remits:outcome:* +hset +pexpire +set +hgetall +hget +ping",
+    "intake": "~remits:nonce:* ~remits:nonce-used:* +evalsha +eval +get +del +set +ping",
+    "endorse": "~remits:endorsement:* ~remits:lock:* +get +set +pttl +del +evalsha +eval +ping",
+    "identity": "+ping",
+    "measure": "~remits:refval:* &remits:config +smembers +subscribe +ping",
+    "decide": "~remits:decision:* +set +get +ping",
+    "release": "~remits:session:* ~remits:outcome:* ~remits:resource:* +hset +hget +hgetall +pexpire +get +evalsha +eval +ping",
+    "audit": "+ping",
+}
+
+
+def redis_acl_line(component: str, password: str) -> str:
+    password_hash = hashlib.sha256(password.encode()).hexdigest()
+    if component == ADMIN:
+        return f"user default on #{password_hash} ~* &* +@all"
+    return f"user {component} on #{password_hash} resetkeys resetchannels -@all {REDIS_RULES[component]}"
+
+
+def redis_user(component: str) -> str:
+    return "default" if component == ADMIN else component
+
+
+@dataclass(frozen=True)
+class ComponentCredentials:
+    component: str
+    nats_seed_path: Path
+    redis_user: str
+    redis_password: str
+    bus_key: bytes
+    peer_bus_keys: dict[str, bytes]
+
+    @property
+    def nats_public_key(self) -> str:
+        import nkeys
+
+        return str(nkeys.from_seed(self.nats_seed_path.read_bytes().strip()).public_key.decode())
+
+    def redis_url(self, base_url: str) -> str:
+        """``base_url`` with this component's Redis user and password in it."""
+        scheme, _, rest = base_url.partition("://")
+        hostpart = rest.rsplit("@", 1)[-1]
+        return f"{scheme}://{self.redis_user}:{self.redis_password}@{hostpart}"
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    # Created 0600 from the start: no window in which another user could read it.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def _new_seed() -> bytes:
+    import nkeys
+
+    return bytes(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER))
+
+
+def ensure_credentials(directory: Path, components: Iterable[str] = COMPONENTS) -> None:
+    """Create whatever is missing (a second call changes nothing), then render the servers'
+    configuration from the whole set."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    for component in components:
+        seed = directory / f"{component}.nk"
+        if not seed.exists():
+            _write_secret(seed, _new_seed() + b"\n")
+        secret = directory / f"{component}.json"
+        if not secret.exists():
+            _write_secret(
+                secret,
+                json.dumps(
+                    {"component": component, "redis_user": redis_user(component),
+                     "redis_password": secrets.token_urlsafe(24), "bus_key": secrets.token_hex(32)}
+                ).encode(),
+            )  # fmt: skip
+    render_server_config(directory)
+
+
+def _own(directory: Path, component: str) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads((directory / f"{component}.json").read_text())
+    return value
+
+
+def load(directory: Path, component: str) -> ComponentCredentials:
+    """One component's credentials, read from its own two files only: its peers' message keys
+    were copied into its file when the set was rendered, so no component needs another's file
+    (which holds that component's Redis password too)."""
+    own = _own(directory, component)
+    peers = {peer: bytes.fromhex(key) for peer, key in own.get("peer_bus_keys", {}).items()}
+    return ComponentCredentials(
+        component=component,
+        nats_seed_path=directory / f"{component}.nk",
+        redis_user=str(own["redis_user"]),
+        redis_password=str(own["redis_password"]),
+        bus_key=bytes.fromhex(own["bus_key"]),
+        peer_bus_keys=peers,
+    )
+
+
+def render_server_config(directory: Path) -> None:
+    """Copy each component's accepted peers' message keys into its file, and write
+    nats-authorization.conf and redis-users.acl for every component in ``directory``."""
+    present = [c for c in COMPONENTS if (directory / f"{c}.json").exists()]
+    keys = {c: _own(directory, c)["bus_key"] for c in present}
+    users = []
+    acl = []
+    for component in present:
+        own = _own(directory, component)
+        own["peer_bus_keys"] = {peer: keys[peer] for peer in sorted(ACCEPTS[component]) if peer in keys}
+        _write_secret(directory / f"{component}.json", json.dumps(own).encode())
+        creds = load(directory, component)
+        users.append({"nkey": creds.nats_public_key, "permissions": nats_permissions(component)})
+        acl.append(redis_acl_line(component, creds.redis_password))
+    # nats-server's configuration format reads JSON values; anonymous clients match no user.
+    body = ",\n    ".join(json.dumps(user) for user in users)
+    conf = f"# Generated by REMITS: one nkey user per component.\nauthorization {{\n  users = [\n    {body}\n  ]\n}}\n"
+    _write_secret(directory / "nats-authorization.conf", conf.encode())
+    _write_secret(directory / "redis-users.acl", ("\n".join(acl) + "\n").encode())
