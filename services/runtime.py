@@ -29,7 +29,7 @@ from shared import credentials, schemas
 from shared.bus import RELEASE_DECISIONS_DURABLE, JetStreamPublisher, StageRunner, ensure_topology
 from shared.cache import ConfigWatch, Store
 from shared.config import Settings
-from shared.connections import connect_nats, identity_of, open_store
+from shared.connections import MissingCredentials, connect_nats, identity_of, open_store
 from shared.ear import load_or_create_signing_key
 from shared.fetch import EndorsementFetcher
 from shared.platforms.base import Platform
@@ -203,7 +203,10 @@ class Stack:
         if self.settings.admin_token:
             # The admin endpoint writes resources as the operator; without a token it is off and
             # this process holds no operator identity.
-            self._admin_store = open_store(self.settings, identity_of(self.settings, credentials.ADMIN))
+            try:
+                self._admin_store = open_store(self.settings, identity_of(self.settings, credentials.ADMIN))
+            except (OSError, MissingCredentials) as exc:
+                log.warning("gateway.admin_endpoint_off", reason=f"no operator credentials here: {exc!r}")
         gateway = Gateway(
             self.settings, ctx.nc, ctx.publisher, ctx.store, self.waiter, auth=ctx.auth, admin_store=self._admin_store
         )

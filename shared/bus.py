@@ -98,7 +98,8 @@ async def connect(
 
     async def on_error(error: Exception) -> None:
         text = str(error)
-        if "Authorization Violation" in text or "authentication" in text.lower():
+        certificate = isinstance(error, ssl.SSLError) or "certificate" in text.lower()
+        if "Authorization Violation" in text or "authentication" in text.lower() or certificate:
             if not refused.done():
                 refused.set_result(error)
         elif "permissions violation" in text.lower():
@@ -125,8 +126,9 @@ async def connect(
             **options,
         )
     )
-    # nats-py retries a refused login as forever as a lost connection: wrong credentials must
-    # stop a component at start, with the reason, instead.
+    # nats-py retries a refused login or an untrusted server certificate forever, as if the
+    # connection were lost: wrong credentials or TLS settings must stop a component at start,
+    # with the reason, instead.
     await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
     if not connecting.done():
         connecting.cancel()
@@ -134,7 +136,7 @@ async def connect(
             await connecting
         with contextlib.suppress(Exception):
             await nc.close()
-        raise PermissionError(f"NATS at {url} refused the credentials of {name}: {refused.result()}")
+        raise PermissionError(f"NATS at {url} refused the credentials or certificate of {name}: {refused.result()}")
     connecting.result()
     return nc, nc.jetstream(timeout=10)
 

@@ -126,15 +126,28 @@ class EmbeddedInfra:
         self.redis.stop()
 
 
-def nats_server(workdir: Path, monitor_port: int | None = None, credentials_dir: Path | None = None) -> ManagedServer:
+def nats_server(
+    workdir: Path,
+    monitor_port: int | None = None,
+    credentials_dir: Path | None = None,
+    tls: tuple[Path, Path] | None = None,
+) -> ManagedServer:
     """A nats-server with JetStream on a free loopback port (not started); with ``monitor_port``,
     its HTTP monitoring endpoints (/varz: message counters) too. With ``credentials_dir``, only
-    the users it holds may connect, each with its own permissions."""
+    the users it holds may connect, each with its own permissions; with ``tls`` (certificate,
+    key), clients must speak TLS."""
     data = workdir / "nats"
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data)]
-    if credentials_dir is not None:
+    if tls is not None:
+        conf = workdir / "nats-tls.conf"
+        # nats-server reads an include relative to the including file, absolute or not.
+        users = os.path.relpath(credentials_dir / "nats-authorization.conf", conf.parent) if credentials_dir else ""
+        include = f'include "{users}"\n' if credentials_dir else ""
+        conf.write_text(f'{include}tls {{\n  cert_file: "{tls[0]}"\n  key_file: "{tls[1]}"\n}}\n')
+        argv += ["-c", str(conf)]
+    elif credentials_dir is not None:
         argv += ["-c", str(credentials_dir / "nats-authorization.conf")]
     if monitor_port is not None:
         argv += ["-m", str(monitor_port)]

@@ -20,12 +20,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ),
     )
     creds.add_argument("--out", required=True, type=Path, help="directory to write (created mode 0700)")
+    creds.add_argument(
+        "--per-component", action="store_true",
+        help="lay the set out as OUT/<component>/ (its two files only) and OUT/servers/ (the servers' two), "
+        "for deployments that mount each component only its own credentials; the full set stays in OUT/all/",
+    )  # fmt: skip
     creds.set_defaults(run=cmd_creds)
 
 
 def cmd_creds(args: argparse.Namespace) -> int:
-    credentials.ensure_credentials(args.out)
     out = args.out.resolve()
+    if args.per_component:
+        credentials.ensure_credentials(out / "all")
+        credentials.export_per_component(out / "all", out)
+        print(f"credentials in {out}: <component>/ for each component, servers/ for nats-server and redis-server")
+        return 0
+    credentials.ensure_credentials(out)
     print(f"credentials in {out}")
     print(f"  nats-server: include {out / 'nats-authorization.conf'} (anonymous clients are refused)")
     print(f"  redis-server: --aclfile {out / 'redis-users.acl'} (the default user needs admin's password)")

@@ -341,3 +341,34 @@ def test_every_env_var_in_the_deployment_is_read_by_the_code(services: dict[str,
     assert not unread, (
         f"set in the deployment but never read by shared/config.py or shared/telemetry.py: {unread}"
     )
+
+
+# -- credentials: every component mounts only its own ---------------------------------------------
+
+
+def _credential_subpaths(svc: dict[str, Any]) -> list[str]:
+    return [
+        v["volume"]["subpath"]
+        for v in svc.get("volumes") or []
+        if isinstance(v, dict) and v.get("source") == "remits-credentials" and v.get("read_only")
+    ]
+
+
+@pytest.mark.parametrize("component", [c for c in COMPONENTS])
+def test_each_component_mounts_only_its_own_credentials(services: dict[str, dict[str, Any]], component: str) -> None:
+    assert _credential_subpaths(services[component]) == [component]
+    assert services[component]["environment"]["REMITS_CREDENTIALS_DIR"] == "/credentials"
+
+
+def test_servers_load_the_users_and_the_operator_sets_up(services: dict[str, dict[str, Any]]) -> None:
+    creds_job = services["creds"]
+    assert _command(creds_job)[:1] == ["creds"] and "--per-component" in _command(creds_job)
+    args = cli.build_parser().parse_args(_command(creds_job))
+    assert str(args.out) == "/credentials" and args.per_component
+    assert _credential_subpaths(services["nats"]) == ["servers"]
+    assert _command(services["nats"])[-2:] == ["-c", "/credentials/nats-authorization.conf"]
+    assert _credential_subpaths(services["redis"]) == ["servers"]
+    assert "/credentials/redis-users.acl" in _command(services["redis"])
+    assert _credential_subpaths(services["setup"]) == ["admin"]
+    for server in ("nats", "redis"):
+        assert services[server]["depends_on"]["creds"]["condition"] == "service_completed_successfully"
