@@ -11,7 +11,7 @@ from nats.aio.client import Client as NATS
 from shared import schemas
 from shared.busauth import MAC_HEADER, BusAuth, Unauthenticated
 from shared.cache import Store
-from shared.resp import RedisConnectionError
+from shared.resp import RedisConnectionError, RedisError
 from shared.telemetry import get_logger
 
 log = get_logger("remits.gateway")
@@ -69,8 +69,8 @@ class OutcomeWaiter:
         except TimeoutError:
             try:
                 stored = await self.store.get_outcome(request_id)
-            except RedisConnectionError:
-                stored = None  # the fallback copy is unreachable too: still a timeout, not a crash
+            except (RedisConnectionError, RedisError):
+                stored = None  # the fallback copy is unreachable or unreadable: still a timeout, not a crash
             if stored is not None:
                 data, mac = stored
                 try:
