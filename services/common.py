@@ -17,12 +17,14 @@ from nats.js import JetStreamContext
 from shared import schemas
 from shared.bus import JetStreamPublisher, Publish, StageRunner, parse_route
 from shared.busauth import MAC_HEADER, BusAuth
-from shared.cache import ConfigWatch, ReferenceValueCache, Store, TtlCache
+from shared.cache import Store, TtlCache
 from shared.config import Settings
 from shared.errors import RemitsError
 from shared.fetch import EndorsementFetcher
 from shared.platforms.base import Platform
+from shared.policy.engine import PolicyCache
 from shared.telemetry import get_logger
+from shared.trust.mirror import TrustMirror
 
 log = get_logger("remits.stage")
 
@@ -43,20 +45,20 @@ class StageContext:
     signing_key: ec.EllipticCurvePrivateKey
     fetcher: EndorsementFetcher
     publisher: JetStreamPublisher
-    config_watch: ConfigWatch
     auth: BusAuth | None = None
     # Endorsement documents this process already read, until they expire: a warm chip costs no
     # Redis round trip. (Documents are immutable within their validity; CRLs expire on time.)
     endorsements: TtlCache[tuple[str, str], list[bytes]] = field(default_factory=lambda: TtlCache(200_000))
-    reference_values: ReferenceValueCache | None = None
+    # The trust buckets this component reads, mirrored live (measure, release, provision), and
+    # the policies compiled from them (once per version).
+    trust: TrustMirror | None = None
+    policies: PolicyCache | None = None
     # Signature checks run here (settings.crypto_threads; none: inline). The checks release the
     # GIL, so a pool overlaps them with the loop's own work when the process has a core to spare.
     crypto_pool: ThreadPoolExecutor | None = None
     clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
-        if self.reference_values is None:
-            self.reference_values = ReferenceValueCache(self.store, self.config_watch)
         if self.crypto_pool is None and self.settings.crypto_threads > 0:
             self.crypto_pool = ThreadPoolExecutor(max_workers=self.settings.crypto_threads)
 
@@ -94,7 +96,9 @@ def signed(ctx: StageContext, subject: str, data: bytes) -> dict[str, str] | Non
     return None if ctx.auth is None else {MAC_HEADER: ctx.auth.sign(subject, data)}
 
 
-async def notify_outcome(ctx: StageContext, reply_to: str, outcome: schemas.Outcome, *, stored: bool = False) -> None:
+async def notify_outcome(
+    ctx: StageContext, reply_to: str, outcome: schemas.Outcome, *, stored: bool = False
+) -> None:
     """Redis first (a gateway that missed the notification reads it there; ``stored`` when the
     caller already wrote it), then the notification."""
     data = schemas.encode(outcome)
@@ -130,11 +134,15 @@ def meta_from_headers(headers: dict[str, str]) -> schemas.RequestMeta | None:
     request_id, tee, reply_to = parse_route(headers)
     if not request_id:
         return None
-    return schemas.RequestMeta(request_id=request_id, tee=tee or "unknown", reply_to=reply_to, submitted_at=0.0)
+    return schemas.RequestMeta(
+        request_id=request_id, tee=tee or "unknown", reply_to=reply_to, submitted_at=0.0
+    )
 
 
 def make_dead_letter_handler(ctx: StageContext) -> Callable[..., Any]:
-    async def dead_letter(stage: str, data: bytes, headers: dict[str, str], reason: str, deliveries: int) -> None:
+    async def dead_letter(
+        stage: str, data: bytes, headers: dict[str, str], reason: str, deliveries: int
+    ) -> None:
         meta = meta_from_headers(headers)
         try:
             decoded = schemas.decode_stage(data)
@@ -162,7 +170,9 @@ def make_dead_letter_handler(ctx: StageContext) -> Callable[..., Any]:
             # Only the decide stage decides: the caller's one (rejected) decision comes from there.
             await ctx.publisher.send(reject(meta, stage, reason, detail), meta.request_id)
             return
-        decision = schemas.Decision(meta=meta, status="rejected", decided_at=ctx.clock(), reason=reason, detail=detail)
+        decision = schemas.Decision(
+            meta=meta, status="rejected", decided_at=ctx.clock(), reason=reason, detail=detail
+        )
         earlier = await ctx.store.claim_decision(meta.request_id, schemas.encode(decision))
         if earlier is not None:
             decision = schemas.decode_decision(earlier)

@@ -15,6 +15,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from services.audit.chain import AuditSigner
 from services.audit.worker import run_audit
 from services.common import StageContext, stage_runner
 from services.decide.worker import make_handler as decide_handler
@@ -24,12 +25,22 @@ from services.gateway.waiter import OutcomeWaiter
 from services.identity.worker import make_handler as identity_handler
 from services.intake.worker import make_handler as intake_handler
 from services.measure.worker import make_handler as measure_handler
+from services.provision.worker import ProvisionService
 from services.release.worker import Release, ResourceResponder
 from shared import credentials, schemas
 from shared.bus import RELEASE_DECISIONS_DURABLE, JetStreamPublisher, StageRunner, ensure_topology
-from shared.cache import ConfigWatch, Store
+from shared.cache import Store
 from shared.config import Settings
-from shared.connections import MissingCredentials, connect_nats, identity_of, open_store
+from shared.connections import (
+    ComponentIdentity,
+    MissingCredentials,
+    connect_nats,
+    identity_of,
+    keyring_of,
+    keyring_source,
+    open_store,
+    relay_keys_of,
+)
 from shared.ear import load_or_create_signing_key
 from shared.fetch import EndorsementFetcher
 from shared.platforms.base import Platform
@@ -40,8 +51,12 @@ from shared.platforms.snp.certs import AmdRoots, load_roots, pinned_roots
 from shared.platforms.snp.platform import SnpPlatform
 from shared.platforms.tdx import pinned_root_der
 from shared.platforms.tdx.platform import DcapPlatform
+from shared.policy.engine import PolicyCache
 from shared.stats import StatsResponder
 from shared.telemetry import configure_logging, configure_tracing, get_logger
+from shared.trust import buckets
+from shared.trust.admin import TrustAdmin
+from shared.trust.mirror import TrustMirror, ensure_buckets
 
 log = get_logger("remits.runtime")
 
@@ -52,7 +67,7 @@ HANDLERS = {
     "measure": measure_handler,
     "decide": decide_handler,
 }
-COMPONENTS = (*schemas.STAGES, "gateway", "audit")
+COMPONENTS = (*schemas.STAGES, "gateway", "audit", credentials.PROVISION)
 
 
 def init_data_dir(settings: Settings) -> None:
@@ -117,7 +132,9 @@ class Stack:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _site_runner: web.AppRunner | None = None
     _stats: StatsResponder | None = None
-    _admin_store: Store | None = None
+    provision: ProvisionService | None = None
+    trust_admin: TrustAdmin | None = None
+    _admin_publisher: JetStreamPublisher | None = None
 
     async def start(self) -> None:
         configure_logging()
@@ -130,14 +147,24 @@ class Stack:
             admin = identity_of(self.settings, credentials.ADMIN)
             self.nc, self.js = await connect_nats(self.settings, admin, "remits-admin")
             await ensure_topology(self.js, self.settings)
+            await ensure_buckets(self.js)
             self.store = open_store(self.settings, admin)
+            self._admin_publisher = JetStreamPublisher(self.nc, auth=admin.auth)
+            await self._admin_publisher.start()
+            try:
+                ring = keyring_source(self.settings, admin)
+            except MissingCredentials:
+                ring = None
+            # The operator's own writes (tests, the demo, the bench): the same path as `--local`.
+            self.trust_admin = TrustAdmin(self.js, self._admin_publisher, keyring=ring)
         for component in self.components:
             ctx = await self.attach(component)
             if component in schemas.STAGES:
                 await self._start_stage(component, ctx)
             elif component == "audit":
-                audit = run_audit(ctx.nc, self.settings.audit_log_path, self.stop_event, auth=ctx.auth)
-                self._tasks.append(asyncio.create_task(audit, name="audit"))
+                await self._start_audit(ctx)
+            elif component == credentials.PROVISION:
+                await self._start_provision(ctx, identity_of(self.settings, component))
             elif component == "gateway":
                 await self._start_gateway(ctx)
         first = next(iter(self.contexts.values()), None)
@@ -163,11 +190,21 @@ class Stack:
             signing_key=self.signing_key,
             fetcher=self.fetcher,
             publisher=publisher,
-            config_watch=ConfigWatch(store.client),
             auth=identity.auth,
         )
+        readable = buckets.READERS.get(component, ())
+        if readable:
+            ctx.trust = TrustMirror(js, readable)
+            await ctx.trust.start()
+            ctx.policies = PolicyCache()
         self.contexts[component] = ctx
         return ctx
+
+    async def trust_synced(self) -> None:
+        """Every component here holds every trust change stored so far."""
+        for ctx in self.contexts.values():
+            if ctx.trust is not None:
+                await ctx.trust.caught_up()
 
     def set_clock(self, clock: Callable[[], float]) -> None:
         """What every component takes as the time (tests replaying evidence at its own time)."""
@@ -178,13 +215,16 @@ class Stack:
         if stage == "release":
             # Decisions come from the decision stream; resource fetches are requests answered
             # directly by the same Release object.
-            release = Release(ctx)
-            runner = stage_runner(stage, ctx, release.handle, stream=schemas.DECISION_STREAM, durable=RELEASE_DECISIONS_DURABLE)
+            identity = identity_of(self.settings, stage)
+            release = Release(
+                ctx, keyring_of(self.settings, identity), self.settings.kek_file or identity.kek_path
+            )
+            runner = stage_runner(
+                stage, ctx, release.handle, stream=schemas.DECISION_STREAM, durable=RELEASE_DECISIONS_DURABLE
+            )
             self.resource_responder = ResourceResponder(release, limit=self.settings.stage_concurrency * 8)
             await self.resource_responder.start()
         else:
-            if stage == "measure":
-                ctx.config_watch.start()
             runner = stage_runner(stage, ctx, HANDLERS[stage](ctx), slow=(stage == "endorse"))
         self.runners[stage] = runner
         self._tasks.append(asyncio.create_task(runner.run(self.stop_event), name=f"stage-{stage}"))
@@ -197,18 +237,40 @@ class Stack:
             "jetstream_publishes": sum(ctx.publisher.published for ctx in self.contexts.values()),
         }
 
+    async def _start_audit(self, ctx: StageContext) -> None:
+        signer = AuditSigner.load_or_create(self.settings.audit_key_path)
+        audit = run_audit(
+            ctx.nc,
+            self.settings.audit_log_path,
+            self.stop_event,
+            auth=ctx.auth,
+            signer=signer,
+            publisher=ctx.publisher,
+        )
+        self._tasks.append(asyncio.create_task(audit, name="audit"))
+
+    async def _start_provision(self, ctx: StageContext, identity: ComponentIdentity) -> None:
+        """The admin API's back end: the only writer of the trust buckets."""
+        assert ctx.trust is not None
+        self.provision = ProvisionService(
+            ctx,
+            keyring=keyring_source(self.settings, identity),
+            relay_private_pem=relay_keys_of(self.settings, identity)[0],
+        )
+        await self.provision.start()
+
     async def _start_gateway(self, ctx: StageContext) -> None:
         self.waiter = OutcomeWaiter(ctx.nc, ctx.store, uuid.uuid4().hex[:12], auth=ctx.auth)
         await self.waiter.start()
-        if self.settings.admin_token:
-            # The admin endpoint writes resources as the operator; without a token it is off and
-            # this process holds no operator identity.
-            try:
-                self._admin_store = open_store(self.settings, identity_of(self.settings, credentials.ADMIN))
-            except (OSError, MissingCredentials) as exc:
-                log.warning("gateway.admin_endpoint_off", reason=f"no operator credentials here: {exc!r}")
+        relay_public = relay_keys_of(self.settings, identity_of(self.settings, "gateway"))[1]
         gateway = Gateway(
-            self.settings, ctx.nc, ctx.publisher, ctx.store, self.waiter, auth=ctx.auth, admin_store=self._admin_store
+            self.settings,
+            ctx.nc,
+            ctx.publisher,
+            ctx.store,
+            self.waiter,
+            auth=ctx.auth,
+            relay_public_pem=relay_public,
         )
         self._site_runner = web.AppRunner(gateway.app(), access_log=None)
         await self._site_runner.setup()
@@ -227,6 +289,8 @@ class Stack:
         self.stop_event.set()
         if self.resource_responder is not None:
             await self.resource_responder.stop()
+        if self.provision is not None:
+            await self.provision.stop()
         if self._site_runner is not None:
             await self._site_runner.cleanup()
         if self._tasks:
@@ -236,7 +300,8 @@ class Stack:
         if self._stats is not None:
             await self._stats.stop()
         for ctx in self.contexts.values():
-            await ctx.config_watch.stop()
+            if ctx.trust is not None:
+                await ctx.trust.stop()
             await ctx.publisher.stop()
             with contextlib.suppress(Exception):
                 await ctx.nc.close()
@@ -244,9 +309,10 @@ class Stack:
             if ctx.crypto_pool is not None:
                 ctx.crypto_pool.shutdown(wait=False)
         await self.fetcher.close()
-        for store in (self.store, self._admin_store):
-            if store is not None:
-                await store.close()
+        if self.store is not None:
+            await self.store.close()
+        if self._admin_publisher is not None:
+            await self._admin_publisher.stop()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()

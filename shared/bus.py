@@ -64,6 +64,8 @@ def parse_route(headers: Mapping[str, str] | None) -> tuple[str, str, str]:
     request_id, _, rest = value.partition(" ")
     tee, _, reply_to = rest.partition(" ")
     return request_id, tee, reply_to
+
+
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
 # Called after the client reconnects: open pull requests may have died with the old connection.
@@ -136,7 +138,9 @@ async def connect(
             await connecting
         with contextlib.suppress(Exception):
             await nc.close()
-        raise PermissionError(f"NATS at {url} refused the credentials or certificate of {name}: {refused.result()}")
+        raise PermissionError(
+            f"NATS at {url} refused the credentials or certificate of {name}: {refused.result()}"
+        )
     connecting.result()
     return nc, nc.jetstream(timeout=10)
 
@@ -148,7 +152,7 @@ def on_reconnect(nc: NATS, hook: Callable[[], None]) -> None:
 def _consumer_config(settings: Settings, durable: str, subject: str) -> js_api.ConsumerConfig:
     return js_api.ConsumerConfig(
         durable_name=durable,
-        filter_subject=subject,
+        filter_subject=subject or None,
         ack_policy=js_api.AckPolicy.EXPLICIT,
         deliver_policy=js_api.DeliverPolicy.ALL,
         max_deliver=settings.max_deliver,
@@ -176,7 +180,9 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         ),
         js_api.StreamConfig(
             name=schemas.DECISION_STREAM,
-            subjects=["remits.decision.>"],
+            # Decisions and the admin changes to the trust configuration: one stream, so that
+            # the audit consumer chains both in one order.
+            subjects=["remits.decision.>", schemas.admin_subject(">")],
             retention=js_api.RetentionPolicy.LIMITS,
             storage=js_api.StorageType.FILE,
             duplicate_window=300.0,
@@ -188,6 +194,24 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             retention=js_api.RetentionPolicy.LIMITS,
             storage=js_api.StorageType.FILE,
             max_age=30 * 86400.0,
+        ),
+        js_api.StreamConfig(
+            name=schemas.EVIDENCE_STREAM,
+            subjects=[schemas.evidence_subject("*")],
+            retention=js_api.RetentionPolicy.LIMITS,
+            storage=js_api.StorageType.FILE,
+            duplicate_window=300.0,
+            max_age=settings.evidence_retention_s,
+            max_bytes=settings.evidence_max_bytes,
+            max_msgs_per_subject=1,
+        ),
+        js_api.StreamConfig(
+            # The chained, signed audit trail as the audit consumer wrote it (`audit verify --stream`).
+            name=schemas.AUDIT_STREAM,
+            subjects=[schemas.AUDIT_SUBJECT],
+            retention=js_api.RetentionPolicy.LIMITS,
+            storage=js_api.StorageType.FILE,
+            duplicate_window=300.0,
         ),
     ]
     for config in streams:
@@ -203,8 +227,11 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             js, schemas.PIPELINE_STREAM, _consumer_config(settings, stage, schemas.consumer_subject(stage))
         )
     decisions = "remits.decision.>"
-    await _ensure_consumer(js, schemas.DECISION_STREAM, _consumer_config(settings, RELEASE_DECISIONS_DURABLE, decisions))
-    await _ensure_consumer(js, schemas.DECISION_STREAM, _consumer_config(settings, "audit", decisions))
+    await _ensure_consumer(
+        js, schemas.DECISION_STREAM, _consumer_config(settings, RELEASE_DECISIONS_DURABLE, decisions)
+    )
+    # The audit consumer reads the whole stream: decisions and admin changes.
+    await _ensure_consumer(js, schemas.DECISION_STREAM, _consumer_config(settings, "audit", ""))
 
 
 async def _ensure_consumer(js: JetStreamContext, stream: str, config: js_api.ConsumerConfig) -> None:
@@ -262,7 +289,7 @@ class JetStreamPublisher:
         self._pending.clear()
 
     async def _on_ack(self, msg: Msg) -> None:
-        entry = self._pending.pop(msg.subject[len(self._prefix):], None)
+        entry = self._pending.pop(msg.subject[len(self._prefix) :], None)
         if entry is None or entry[0].done():
             return
         future = entry[0]
@@ -364,7 +391,9 @@ class PullConsumer:
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        self._sub = await self._nc.subscribe(
+            self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
         on_reconnect(self._nc, self.reset)
         self._tasks = [asyncio.create_task(self._pull_loop()), asyncio.create_task(self._watch())]
         self._wake.set()
@@ -412,7 +441,11 @@ class PullConsumer:
             _, owed = self._requests.popleft()
             self._owed = max(0, self._owed - int(owed))
         if status == "409":
-            log.warning("bus.pull_refused", subject=self._next_subject, detail=(msg.headers or {}).get("Description", ""))
+            log.warning(
+                "bus.pull_refused",
+                subject=self._next_subject,
+                detail=(msg.headers or {}).get("Description", ""),
+            )
             self._backoff_until = time.monotonic() + 0.5
         self._wake.set()
 
@@ -609,7 +642,12 @@ class StageRunner:
             self._times.service.record((time.monotonic() - started) * 1000.0)
 
     async def _handle(
-        self, msg: Msg, message: schemas.StageUnion, deliveries: int, forward: dict[str, str] | None, span: Any
+        self,
+        msg: Msg,
+        message: schemas.StageUnion,
+        deliveries: int,
+        forward: dict[str, str] | None,
+        span: Any,
     ) -> bool:
         assert self._publisher is not None
         heartbeat = asyncio.create_task(self._heartbeat(msg)) if self.slow else None

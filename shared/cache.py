@@ -1,14 +1,14 @@
-"""Redis helpers: KBS sessions, single-use nonces, the endorsement cache, locks, resources,
-reference values, decision guards and outcome copies. Key layout lives here and nowhere else.
+"""Redis helpers: KBS sessions, single-use nonces, the endorsement cache, locks, decision guards
+and outcome copies: only what may be lost. What an operator provisions (policies, reference
+values, secrets, revocations) lives in the JetStream buckets of ``shared.trust``. Key layout
+lives here and nowhere else.
 
 Every method is one round trip to Redis (a pipeline or a script counts as one), so the number of
-trips an attestation costs can be read off the callers. In-process caches for what may be reused
-(``TtlCache``) and the change channel that invalidates them (``ConfigWatch``) live here too.
+trips an attestation costs can be read off the callers. The in-process ``TtlCache`` lives here too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import time
@@ -23,9 +23,6 @@ import msgspec
 from shared.resp import RespClient, Script
 
 _PREFIX = "remits:"
-# Provisioning changes (reference values, resources) are announced here so that workers holding
-# them in memory drop their copies at once.
-CONFIG_CHANNEL = f"{_PREFIX}config"
 
 # Atomically take a nonce and remember that it was used, so that a second use is reported as a
 # replay rather than as an unknown nonce. The "used" marker outlives the nonce itself.
@@ -199,47 +196,6 @@ class Store:
     async def release_lock(self, name: str, token: str) -> None:
         await self.client.run_script(_RELEASE_LOCK, [f"{_PREFIX}lock:{name}"], [token])
 
-    # -- resources (secrets; never logged) ----------------------------------------------
-    async def put_resource(self, path: str, value: bytes) -> None:
-        await self.client.pipeline(
-            [("SET", f"{_PREFIX}resource:{path}", value), ("PUBLISH", CONFIG_CHANNEL, f"resource:{path}")]
-        )
-
-    async def get_resource(self, path: str) -> bytes | None:
-        value: bytes | None = await self.client.execute("GET", f"{_PREFIX}resource:{path}")
-        return value
-
-    async def session_and_resource(self, session_id: str, path: str) -> tuple[Session | None, bytes | None]:
-        """What a resource request needs, in one round trip: the presenting session (if any) and
-        the resource."""
-        if not session_id:
-            return None, await self.get_resource(path)
-        raw, value = await self.client.pipeline(
-            [("HGETALL", f"{_PREFIX}session:{session_id}"), ("GET", f"{_PREFIX}resource:{path}")]
-        )
-        return _session_from_hash(session_id, raw), value
-
-    async def delete_resource(self, path: str) -> None:
-        await self.client.pipeline(
-            [("DEL", f"{_PREFIX}resource:{path}"), ("PUBLISH", CONFIG_CHANNEL, f"resource:{path}")]
-        )
-
-    # -- reference values ----------------------------------------------------------------
-    async def add_reference_values(self, tee: str, name: str, values: list[str]) -> None:
-        if values:
-            await self.client.pipeline(
-                [("SADD", f"{_PREFIX}refval:{tee}:{name}", *values), ("PUBLISH", CONFIG_CHANNEL, f"refval:{tee}")]
-            )
-
-    async def get_reference_values(self, tee: str, name: str) -> frozenset[str]:
-        members = await self.client.execute("SMEMBERS", f"{_PREFIX}refval:{tee}:{name}")
-        return frozenset(m.decode() for m in members)
-
-    async def get_reference_value_sets(self, tee: str, names: tuple[str, ...]) -> dict[str, frozenset[str]]:
-        """Several named sets in one round trip (every appraisal reads all of its platform's)."""
-        results = await self.client.pipeline([("SMEMBERS", f"{_PREFIX}refval:{tee}:{name}") for name in names])
-        return {name: frozenset(m.decode() for m in members) for name, members in zip(names, results, strict=True)}
-
     # -- exactly one decision per request ------------------------------------------------
     async def claim_decision(self, request_id: str, encoded: bytes, ttl_s: int = 86400) -> bytes | None:
         """Store the decision unless one exists; return the earlier one if it does."""
@@ -306,56 +262,3 @@ class TtlCache(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-class ConfigWatch:
-    """Follows the provisioning change channel. ``epoch`` moves on every change and whenever the
-    subscription is lost, so a copy taken under an older epoch is never used again; while the
-    channel is down ``live`` is false and callers must not cache at all."""
-
-    def __init__(self, client: RespClient) -> None:
-        self._client = client
-        self.epoch = 0
-        self.live = False
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(
-            self._client.subscribe(CONFIG_CHANNEL, self._on_change, self._stop, self._on_state), name="config-watch"
-        )
-
-    def _on_change(self, _: bytes) -> None:
-        self.epoch += 1
-
-    def _on_state(self, live: bool) -> None:
-        self.live = live
-        self.epoch += 1
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await asyncio.wait([self._task], timeout=2)
-
-
-class ReferenceValueCache:
-    """Reference-value sets in memory, re-read after any provisioning change (and at least every
-    ``max_age_s``, a bound on staleness should a change notice ever be missed)."""
-
-    def __init__(self, store: Store, watch: ConfigWatch, max_age_s: float = 10.0) -> None:
-        self._store = store
-        self._watch = watch
-        self._max_age_s = max_age_s
-        self._sets: dict[tuple[str, tuple[str, ...]], tuple[dict[str, frozenset[str]], int, float]] = {}
-
-    async def get(self, tee: str, names: tuple[str, ...]) -> dict[str, frozenset[str]]:
-        key = (tee, names)
-        cached = self._sets.get(key)
-        now = time.monotonic()
-        if cached is not None and self._watch.live and cached[1] == self._watch.epoch and now - cached[2] < self._max_age_s:
-            return cached[0]
-        epoch = self._watch.epoch
-        sets = await self._store.get_reference_value_sets(tee, names)
-        if self._watch.live and epoch == self._watch.epoch:
-            self._sets[key] = (sets, epoch, now)
-        return sets

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -16,12 +16,24 @@ def _optional_path(value: str) -> Path | None:
     return Path(value) if value else None
 
 
+def default_data_dir() -> Path:
+    """$XDG_DATA_HOME/remits, i.e. ~/.local/share/remits unless XDG_DATA_HOME says otherwise."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "remits"
+
+
+def _paths(value: str) -> tuple[Path, ...]:
+    """A comma-separated list of paths (REMITS_ADMIN_KEYS)."""
+    return tuple(Path(p.strip()) for p in value.split(",") if p.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     nats_url: str = "nats://127.0.0.1:4222"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # Where the service keeps its signing key, the sample vendor PKI and the audit log.
-    data_dir: Path = Path(".remits")
+    # Where the service keeps its signing key, the sample vendor PKI, the audit trail and (for
+    # the embedded NATS) the JetStream data: streams and the trust configuration's buckets.
+    data_dir: Path = field(default_factory=lambda: default_data_dir())
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     http_reuse_port: bool = False  # several gateway processes on one port (SO_REUSEPORT)
@@ -63,8 +75,18 @@ class Settings:
     dcap_root_ca_path: Path | None = None
     # Intel always publishes the PCK and root CA CRLs; verifying without them is an explicit choice.
     dcap_require_crls: bool = True
-    # Admin token for provisioning resources over HTTP; empty disables the admin API (fail closed).
-    admin_token: str = ""
+    # Public keys (PEM files) whose admin JWTs the admin API accepts; none: the admin API is off.
+    admin_keys: tuple[Path, ...] = ()
+    # Public keys (PEM files) trusted to sign reference-value manifests.
+    provisioner_keys: tuple[Path, ...] = ()
+    # The key-encryption key of secrets at rest: a base64 value, or a key file; by default the one
+    # in the credentials directory (created there with the credentials).
+    kek: str = ""
+    kek_file: Path | None = None
+    # How long the evidence of each appraisal is kept for `remits audit replay`, and at most how
+    # much of it (the oldest goes first).
+    evidence_retention_s: float = 30 * 86400.0
+    evidence_max_bytes: int = 1 << 30
     # Each component's identity on NATS and Redis and its message key (`remits creds` writes the
     # directory; `remits up` creates one in the data directory for its embedded servers).
     credentials_dir: Path | None = None
@@ -89,7 +111,7 @@ class Settings:
         base = cls(
             nats_url=_env("NATS_URL", cls.nats_url),
             redis_url=_env("REDIS_URL", cls.redis_url),
-            data_dir=Path(_env("DATA_DIR", str(cls.data_dir))),
+            data_dir=Path(_env("DATA_DIR", str(default_data_dir()))),
             http_host=_env("HTTP_HOST", cls.http_host),
             http_port=int(_env("HTTP_PORT", str(cls.http_port))),
             nonce_ttl_s=float(_env("NONCE_TTL_S", str(cls.nonce_ttl_s))),
@@ -101,7 +123,12 @@ class Settings:
             fetch_timeout_s=float(_env("FETCH_TIMEOUT_S", str(cls.fetch_timeout_s))),
             crypto_threads=int(_env("CRYPTO_THREADS", str(cls.crypto_threads))),
             sample_kds_url=_env("SAMPLE_KDS_URL", cls.sample_kds_url),
-            admin_token=_env("ADMIN_TOKEN", cls.admin_token),
+            admin_keys=_paths(_env("ADMIN_KEYS", "")),
+            provisioner_keys=_paths(_env("PROVISIONER_KEYS", "")),
+            kek=_env("KEK", ""),
+            kek_file=_optional_path(_env("KEK_FILE", "")),
+            evidence_retention_s=float(_env("EVIDENCE_RETENTION_S", str(cls.evidence_retention_s))),
+            evidence_max_bytes=int(_env("EVIDENCE_MAX_BYTES", str(cls.evidence_max_bytes))),
             offline_endorsements_dir=_optional_path(_env("OFFLINE_ENDORSEMENTS_DIR", "")),
             snp_kds_url=_env("SNP_KDS_URL", cls.snp_kds_url),
             snp_roots_dir=_optional_path(_env("SNP_ROOTS_DIR", "")),
@@ -122,10 +149,13 @@ class Settings:
         for name in (
             "data_dir", "offline_endorsements_dir", "snp_roots_dir", "dcap_root_ca_path", "credentials_dir",
             "nats_creds", "nats_tls_ca", "nats_tls_cert", "nats_tls_key", "redis_tls_ca", "redis_tls_cert",
-            "redis_tls_key",
+            "redis_tls_key", "kek_file",
         ):  # fmt: skip
             if name in clean:
                 clean[name] = Path(str(clean[name]))
+        for name in ("admin_keys", "provisioner_keys"):
+            if name in clean:
+                clean[name] = tuple(Path(str(p)) for p in clean[name])  # type: ignore[union-attr]
         return dataclasses.replace(base, **clean)  # type: ignore[arg-type]
 
     @property
@@ -139,6 +169,12 @@ class Settings:
     @property
     def audit_log_path(self) -> Path:
         return self.data_dir / "audit.jsonl"
+
+    @property
+    def audit_key_path(self) -> Path:
+        """The audit consumer's Ed25519 key, signing every record of the trail (the public half
+        sits next to it, for `remits audit verify`)."""
+        return self.data_dir / "audit-signing-key.pem"
 
     @property
     def embedded_credentials_dir(self) -> Path:

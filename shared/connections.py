@@ -3,6 +3,7 @@ TLS where configured, and the key it authenticates its messages with."""
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,9 @@ from shared.busauth import BusAuth
 from shared.cache import Store
 from shared.config import Settings
 from shared.resp import RedisEndpoint, RespClient
+from shared.telemetry import get_logger
+
+log = get_logger("remits.connections")
 
 
 class MissingCredentials(RuntimeError):
@@ -28,6 +32,9 @@ class ComponentIdentity:
     inbox_prefix: str | None
     redis_url: str
     auth: BusAuth | None
+    relay_private_pem: str = ""
+    relay_public_pem: str = ""
+    kek_path: Path | None = None
 
     @property
     def open_bus(self) -> bool:
@@ -53,7 +60,90 @@ def identity_of(settings: Settings, component: str) -> ComponentIdentity:
         inbox_prefix=credentials.inbox_prefix(component),
         redis_url=settings.redis_url if named else creds.redis_url(settings.redis_url),
         auth=BusAuth(component, creds.bus_key, creds.peer_bus_keys),
+        relay_private_pem=creds.relay_private_pem,
+        relay_public_pem=creds.relay_public_pem,
+        kek_path=creds.kek_path,
     )
+
+
+def keyring_of(settings: Settings, identity: ComponentIdentity):  # type: ignore[no-untyped-def]
+    """The key-encryption key of secrets at rest: a value from configuration (REMITS_KEK), a key
+    file (REMITS_KEK_FILE), the one in the component's credentials, or, on an open development
+    bus only, one created in the data directory."""
+    from shared.sealing import KeyRing
+
+    if settings.kek:
+        return KeyRing.from_env_value(settings.kek)
+    if settings.kek_file is not None:
+        return KeyRing.load_or_create(settings.kek_file)
+    if identity.kek_path is not None:
+        return KeyRing.load_or_create(identity.kek_path)
+    if identity.open_bus:
+        return KeyRing.load_or_create(settings.data_dir / "kek.json")
+    raise MissingCredentials(
+        f"{identity.component}: no key-encryption key (kek.json in its credentials, or REMITS_KEK)"
+    )
+
+
+def kek_file_of(settings: Settings, identity: ComponentIdentity) -> Path | None:
+    """The key file keyring_of reads, if the KEK comes from a file (rotation rewrites it)."""
+    if settings.kek:
+        return None
+    if settings.kek_file is not None:
+        return settings.kek_file
+    if identity.kek_path is not None:
+        return Path(identity.kek_path)
+    return settings.data_dir / "kek.json" if identity.open_bus else None
+
+
+def keyring_source(settings: Settings, identity: ComponentIdentity):  # type: ignore[no-untyped-def]
+    """A callable giving the current key ring, read again whenever its file changes: after
+    `remits kek rotate`, new secrets are sealed under the new KEK without a restart."""
+    ring = keyring_of(settings, identity)
+    path = kek_file_of(settings, identity)
+    if path is None:
+        return lambda: ring
+    from shared.sealing import KeyRing, SealingError
+
+    state = {"ring": ring, "stamp": _stamp(path)}
+
+    def current():  # type: ignore[no-untyped-def]
+        stamp = _stamp(path)
+        if stamp != state["stamp"]:
+            try:
+                state["ring"] = KeyRing.load(path)
+                state["stamp"] = stamp
+            except (SealingError, OSError) as exc:
+                log.warning("kek.reload_failed", file=str(path), error=str(exc))
+        return state["ring"]
+
+    return current
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def relay_keys_of(settings: Settings, identity: ComponentIdentity) -> tuple[str, str]:
+    """(private, public) PEM of provision's relay key as far as this component holds them."""
+    if identity.relay_private_pem or identity.relay_public_pem:
+        return identity.relay_private_pem, identity.relay_public_pem
+    if identity.open_bus:  # development: one key in the data directory serves both ends
+        from shared.credentials import _new_relay_key, _relay_public
+
+        path = settings.data_dir / "relay-key.pem"
+        if not path.exists():
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(_new_relay_key())
+        private = path.read_text()
+        return private, _relay_public(private)
+    return "", ""
 
 
 def _tls(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
@@ -73,11 +163,17 @@ def redis_tls(settings: Settings) -> ssl.SSLContext | None:
     return _tls(settings.redis_tls_ca, settings.redis_tls_cert, settings.redis_tls_key)
 
 
-async def connect_nats(settings: Settings, identity: ComponentIdentity, name: str) -> tuple[NATS, JetStreamContext]:
+async def connect_nats(
+    settings: Settings, identity: ComponentIdentity, name: str
+) -> tuple[NATS, JetStreamContext]:
     from shared.bus import connect
 
     return await connect(
-        settings.nats_url, name, creds=identity.nats_creds, inbox_prefix=identity.inbox_prefix, tls=nats_tls(settings)
+        settings.nats_url,
+        name,
+        creds=identity.nats_creds,
+        inbox_prefix=identity.inbox_prefix,
+        tls=nats_tls(settings),
     )
 
 

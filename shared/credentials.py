@@ -31,7 +31,8 @@ from typing import Any
 from shared import schemas
 
 STAGE_COMPONENTS = schemas.STAGES
-COMPONENTS: tuple[str, ...] = ("gateway", *STAGE_COMPONENTS, "audit", "admin")
+COMPONENTS: tuple[str, ...] = ("gateway", *STAGE_COMPONENTS, "audit", "provision", "admin")
+PROVISION = "provision"  # the only writer of the trust configuration (behind the admin API)
 ADMIN = "admin"  # the operator: topology, provisioning, tools (`remits setup`, `refval`, `bench`)
 
 _BEFORE_DECIDE = frozenset({"intake", "endorse", "identity", "measure", "decide"})
@@ -46,14 +47,15 @@ EXPECTS: Mapping[str, Mapping[str, frozenset[str]]] = {
     "measure": {"verified_evidence": frozenset({"identity"})},
     "decide": {"appraised_evidence": frozenset({"measure"}), "rejection": _BEFORE_DECIDE},
     "release": {"decision": frozenset({"decide"}), "resource_request": frozenset({"gateway"})},
-    "audit": {"decision": frozenset({"decide"})},
-    "gateway": {"outcome": frozenset({"release"})},
+    "audit": {"decision": frozenset({"decide"}), "admin_event": frozenset({PROVISION, ADMIN})},
+    "gateway": {"outcome": frozenset({"release"}), "admin_reply": frozenset({PROVISION})},
+    PROVISION: {"admin_request": frozenset({"gateway"})},
 }
 
 # Whose messages each component accepts (and therefore whose keys it holds).
 ACCEPTS: Mapping[str, frozenset[str]] = {
     component: frozenset().union(*EXPECTS.get(component, {}).values()) for component in (
-        "gateway", *STAGE_COMPONENTS, "audit", "admin"
+        "gateway", *STAGE_COMPONENTS, "audit", PROVISION, "admin"
     )
 }  # fmt: skip
 
@@ -87,16 +89,25 @@ def _consumer_rights(stream: str, durable: str) -> tuple[list[str], list[str]]:
 
 def nats_permissions(component: str) -> dict[str, Any]:
     """The subjects ``component`` may publish and subscribe to (nats-server permission block)."""
+    from shared.trust import buckets
+
     if component == ADMIN:
         return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
     publish: list[str] = []
     subscribe = [f"{inbox_prefix(component)}.>", schemas.STATS_SUBJECTS]
+    # The trust buckets it reads (to mirror them) and, for provision alone, writes.
+    for bucket in buckets.READERS.get(component, ()):
+        publish += buckets.read_rights(bucket)
+        if component in buckets.WRITERS:
+            publish += buckets.write_rights(bucket)
     if component == "gateway":
-        publish += [schemas.stage_subject("intake"), schemas.RESOURCE_SUBJECT]
+        publish += [schemas.stage_subject("intake"), schemas.RESOURCE_SUBJECT, schemas.ADMIN_REQUEST_SUBJECT]
         subscribe += ["remits.outcome.*"]
     elif component in ("intake", "endorse", "identity", "measure", "decide"):
         pub, sub = _consumer_rights(schemas.PIPELINE_STREAM, component)
         publish += [*pub, NEXT_SUBJECT[component], schemas.REJECTION_SUBJECT, schemas.dlq_subject(component)]
+        if component == "measure":
+            publish.append(schemas.evidence_subject("*"))  # what replay needs, kept for a while
         subscribe += sub
     elif component == "release":
         pub, sub = _consumer_rights(schemas.DECISION_STREAM, "release")
@@ -104,8 +115,12 @@ def nats_permissions(component: str) -> dict[str, Any]:
         subscribe += [*sub, schemas.RESOURCE_SUBJECT]
     elif component == "audit":
         pub, sub = _consumer_rights(schemas.DECISION_STREAM, "audit")
-        publish += pub
+        # Its own stream's last record: where to resume publishing after a restart.
+        publish += [*pub, schemas.AUDIT_SUBJECT, f"$JS.API.STREAM.MSG.GET.{schemas.AUDIT_STREAM}"]
         subscribe += sub
+    elif component == PROVISION:
+        publish.append(schemas.admin_subject("*"))
+        subscribe.append(schemas.ADMIN_REQUEST_SUBJECT)
     else:
         raise ValueError(f"unknown component {component!r}")
     # Answers to requests it received (stats collection; release's resource answers), once each.
@@ -120,10 +135,11 @@ REDIS_RULES: Mapping[str, str] = {
     "intake": "~remits:nonce:* ~remits:nonce-used:* +evalsha +eval +get +del +set +ping",
     "endorse": "~remits:endorsement:* ~remits:lock:* +get +set +pttl +del +evalsha +eval +ping",
     "identity": "+ping",
-    "measure": "~remits:refval:* &remits:config +smembers +subscribe +ping",
+    "measure": "+ping",
     "decide": "~remits:decision:* +set +get +ping",
-    "release": "~remits:session:* ~remits:outcome:* ~remits:resource:* +hset +hget +hgetall +pexpire +get +evalsha +eval +ping",
+    "release": "~remits:session:* ~remits:outcome:* +hset +hget +hgetall +pexpire +evalsha +eval +ping",
     "audit": "+ping",
+    PROVISION: "+ping",
 }
 
 
@@ -146,6 +162,9 @@ class ComponentCredentials:
     redis_password: str
     bus_key: bytes
     peer_bus_keys: dict[str, bytes]
+    relay_private_pem: str = ""  # provision only
+    relay_public_pem: str = ""  # gateway only: provision's relay key
+    kek_path: Path | None = None  # provision and release: the key-encryption key file
 
     @property
     def nats_public_key(self) -> str:
@@ -184,14 +203,44 @@ def ensure_credentials(directory: Path, components: Iterable[str] = COMPONENTS) 
             _write_secret(seed, _new_seed() + b"\n")
         secret = directory / f"{component}.json"
         if not secret.exists():
-            _write_secret(
-                secret,
-                json.dumps(
-                    {"component": component, "redis_user": redis_user(component),
-                     "redis_password": secrets.token_urlsafe(24), "bus_key": secrets.token_hex(32)}
-                ).encode(),
-            )  # fmt: skip
+            own = {"component": component, "redis_user": redis_user(component),
+                   "redis_password": secrets.token_urlsafe(24), "bus_key": secrets.token_hex(32)}  # fmt: skip
+            if component == PROVISION:
+                own["relay_private_pem"] = _new_relay_key()
+            _write_secret(secret, json.dumps(own).encode())
+    if PROVISION in components and not (directory / KEK_FILE).exists():
+        from shared.sealing import KeyRing
+
+        KeyRing.load_or_create(directory / KEK_FILE)
     render_server_config(directory)
+
+
+# The key-encryption key of secrets at rest (shared.sealing): only provision and release get it.
+KEK_FILE = "kek.json"
+KEK_HOLDERS = (PROVISION, "release", ADMIN)
+
+
+def _new_relay_key() -> str:
+    """Provision's key for admin requests relayed by the gateway: a secret being provisioned
+    crosses the bus encrypted to it, never in clear."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def _relay_public(private_pem: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(private_pem.encode(), None)
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def _own(directory: Path, component: str) -> dict[str, Any]:
@@ -212,6 +261,11 @@ def load(directory: Path, component: str) -> ComponentCredentials:
         redis_password=str(own["redis_password"]),
         bus_key=bytes.fromhex(own["bus_key"]),
         peer_bus_keys=peers,
+        relay_private_pem=str(own.get("relay_private_pem", "")),
+        relay_public_pem=str(own.get("provision_relay_public_pem", "")),
+        kek_path=directory / KEK_FILE
+        if component in KEK_HOLDERS and (directory / KEK_FILE).exists()
+        else None,
     )
 
 
@@ -220,11 +274,14 @@ def render_server_config(directory: Path) -> None:
     nats-authorization.conf and redis-users.acl for every component in ``directory``."""
     present = [c for c in COMPONENTS if (directory / f"{c}.json").exists()]
     keys = {c: _own(directory, c)["bus_key"] for c in present}
+    relay = _own(directory, PROVISION).get("relay_private_pem", "") if PROVISION in present else ""
     users = []
     acl = []
     for component in present:
         own = _own(directory, component)
         own["peer_bus_keys"] = {peer: keys[peer] for peer in sorted(ACCEPTS[component]) if peer in keys}
+        if component == "gateway" and relay:
+            own["provision_relay_public_pem"] = _relay_public(relay)
         _write_secret(directory / f"{component}.json", json.dumps(own).encode())
         creds = load(directory, component)
         users.append({"nkey": creds.nats_public_key, "permissions": nats_permissions(component)})
@@ -251,7 +308,10 @@ def export_per_component(directory: Path, out: Path) -> None:
         target = out / component
         target.mkdir(parents=True, exist_ok=True)
         os.chmod(target, 0o700)
-        for name in (f"{component}.nk", f"{component}.json"):
+        names = [f"{component}.nk", f"{component}.json"]
+        if component in KEK_HOLDERS and (directory / KEK_FILE).exists():
+            names.append(KEK_FILE)
+        for name in names:
             _write_secret(target / name, (directory / name).read_bytes())
     servers = out / SERVERS_DIR
     servers.mkdir(parents=True, exist_ok=True)

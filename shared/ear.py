@@ -119,6 +119,7 @@ def build_ear_claims(
     issuer: str = "remits",
     verifier_build: str,
     eat_nonce: str | None = None,
+    token_id: str | None = None,
 ) -> dict[str, Any]:
     """Claims of the token returned by ``/attest`` for the CPU TEE ``tee``.
 
@@ -146,6 +147,8 @@ def build_ear_claims(
             }
         },
     }
+    if token_id is not None:
+        claims["jti"] = token_id  # what `remits revoke --token-id` names
     if eat_nonce is not None:
         # The challenge this appraisal answers (EAT's eat_nonce): what ties a token to one session.
         claims["eat_nonce"] = eat_nonce
@@ -258,7 +261,9 @@ class EarVerifier:
     def __init__(self, trusted_public_key: ec.EllipticCurvePublicKey | dict[str, Any]) -> None:
         self._key = _trusted_key(trusted_public_key)
 
-    def verify(self, token: str, now: int, leeway_s: int = 0, *, expected_profile: str = EAT_PROFILE) -> dict[str, Any]:
+    def verify(
+        self, token: str, now: int, leeway_s: int = 0, *, expected_profile: str = EAT_PROFILE
+    ) -> dict[str, Any]:
         """Return the claims of ``token`` after checking signature, validity window and profile.
 
         Only the trusted key is used: the header ``jwk`` is attacker-chosen and proves nothing."""
@@ -268,7 +273,9 @@ class EarVerifier:
         header = _json_object(header_b64, "header")
         # One algorithm only: this stops alg confusion ("none", HS256 keyed with the public key).
         if header.get("alg") != SIGNING_ALG:
-            raise VerificationError("token.malformed", f"alg must be {SIGNING_ALG}, got {header.get('alg')!r}")
+            raise VerificationError(
+                "token.malformed", f"alg must be {SIGNING_ALG}, got {header.get('alg')!r}"
+            )
         if "crit" in header:
             raise VerificationError("token.malformed", "critical header extensions are not understood")
         try:
@@ -277,7 +284,9 @@ class EarVerifier:
             raise VerificationError("token.malformed", "signature is not base64url") from exc
         if len(signature) != 64:
             raise VerificationError("token.signature_invalid", "an ES256 signature is 64 bytes")
-        der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+        der = encode_dss_signature(
+            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        )
         try:
             self._key.verify(der, f"{header_b64}.{payload_b64}".encode("ascii"), _ECDSA_SHA256)
         except (InvalidSignature, UnicodeEncodeError) as exc:

@@ -8,7 +8,7 @@ defaults; unknown fields are tolerated on the bus (external input is validated a
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -46,6 +46,20 @@ def decision_subject(tee: str, status: str) -> str:
     return f"remits.decision.{tee}.{status}"
 
 
+def admin_subject(bucket: str) -> str:
+    """Admin changes share the decision stream, so that one audit consumer chains both."""
+    return f"remits.admin.{bucket}"
+
+
+EVIDENCE_STREAM = "REMITS_EVIDENCE"
+AUDIT_STREAM = "REMITS_AUDIT"
+AUDIT_SUBJECT = "remits.audit.records"
+
+
+def evidence_subject(request_id: str) -> str:
+    return f"remits.evidence.{request_id}"
+
+
 def dlq_subject(stage: str) -> str:
     return f"remits.dlq.{stage}"
 
@@ -72,6 +86,7 @@ RESOURCE_QUEUE = "remits-release"
 
 
 Status = Literal["affirming", "warning", "contraindicated", "rejected"]
+T = TypeVar("T")
 
 
 class RequestMeta(msgspec.Struct, omit_defaults=True):
@@ -125,13 +140,29 @@ class VerifiedEvidence(StageMessage, tag="verified_evidence"):
     evidence: bytes
 
 
+class Appraised(msgspec.Struct, omit_defaults=True):
+    """What an appraisal rested on: enough to reproduce it later (`remits audit replay`)."""
+
+    evidence_digest: str = ""  # SHA-256 hex of the platform's raw evidence
+    policy_id: str = ""  # e.g. "attestation.snp"
+    policy_digest: str = ""  # SHA-256 hex of the Rego source
+    policy_revision: int = 0  # the policy's revision in its KV bucket
+    reference_revisions: dict[str, str] = {}  # reference name -> "<record key>@<revision>" that matched
+    # Each trust bucket's last revision the appraisal saw: replay rebuilds the buckets as they were.
+    bucket_revisions: dict[str, int] = {}
+    revocations: list[str] = []  # "<kind>:<value>" revocations that matched
+    verifier: str = ""  # REMITS build that decided
+
+
 class AppraisedEvidence(StageMessage, tag="appraised_evidence"):
-    """measure -> decide: claims plus the AR4SI claim values the measurement check set."""
+    """measure -> decide: claims plus the AR4SI claim values the attestation policy set, and what
+    the appraisal rested on (recorded in the decision for audit and replay)."""
 
     runtime_data_claims: dict[str, Any]
     claims: dict[str, Any]
     vector: dict[str, int]
     notes: list[str] = []
+    provenance: Appraised | None = None
 
 
 class Rejection(StageMessage, tag="rejection"):
@@ -140,6 +171,7 @@ class Rejection(StageMessage, tag="rejection"):
     stage: str
     reason: str
     detail: str = ""
+    provenance: Appraised | None = None  # set when the measure stage's policy refused
 
 
 class Decision(StageMessage, tag="decision"):
@@ -152,6 +184,8 @@ class Decision(StageMessage, tag="decision"):
     token: str = ""  # signed EAR JWT; empty when rejected
     vector: dict[str, int] = {}
     claims: dict[str, Any] = {}
+    token_id: str = ""  # the EAR's jti (what `remits revoke --token-id` names)
+    provenance: Appraised | None = None  # evidence digest, policy and reference revisions used
 
 
 class ResourceRequest(StageMessage, tag="resource_request"):
@@ -160,6 +194,20 @@ class ResourceRequest(StageMessage, tag="resource_request"):
 
     token: str
     resource_path: str  # "<repository>/<type>/<tag>"
+
+
+class AdminEvent(StageMessage, tag="admin_event"):
+    """An operator's change to the trust configuration, for the audit trail
+    (remits.admin.<kind>): who, what, and the revisions before and after."""
+
+    actor: str  # the admin credential's subject and key id
+    action: str  # "put" | "delete"
+    bucket: str  # "policies" | "reference-values" | "resources" | "revocations" | "admin-keys"
+    key: str
+    previous_revision: int = 0
+    revision: int = 0
+    at: float = 0.0
+    summary: dict[str, Any] = {}  # what changed, never a secret's value
 
 
 StageUnion = (
@@ -171,7 +219,113 @@ StageUnion = (
     | Rejection
     | Decision
     | ResourceRequest
+    | AdminEvent
 )
+
+
+class EvidenceRecord(msgspec.Struct, omit_defaults=True):
+    """What the measure stage kept of one appraisal (stream REMITS_EVIDENCE, remits.evidence.<request
+    id>), so that `remits audit replay` can run it again against the policy and reference-value
+    revisions of that time, or today's."""
+
+    request_id: str
+    tee: str
+    appraised_at: float
+    evidence: bytes
+    claims: dict[str, Any]
+    runtime_data_claims: dict[str, Any]
+    provenance: Appraised
+    vector: dict[str, int] = {}
+    reject: str = ""  # the rejection reason when the policy rejected
+
+
+# -- the trust configuration, kept in JetStream key-value buckets (every change a revision) -----
+
+
+class PolicyRecord(msgspec.Struct, omit_defaults=True):
+    """Bucket remits_policies, key "attestation.<tee>" or "resource"."""
+
+    id: str
+    kind: Literal["attestation", "resource"]
+    rego: str
+    digest: str  # SHA-256 hex of rego
+    updated_by: str = ""
+    updated_at: float = 0.0
+
+
+class Provenance(msgspec.Struct, omit_defaults=True):
+    source: str  # "cli", "admin-api", "manifest:<name>", "sev-snp-measure 0.0.13", ...
+    added_by: str
+    added_at: float
+    signature: str = ""  # the signed manifest's JWS signer (key id) when imported from one
+    inputs: dict[str, Any] = {}  # e.g. the SHA-256 of each file a launch digest was computed from
+
+
+class ReferenceValueRecord(msgspec.Struct, omit_defaults=True):
+    """Bucket remits_refvals, key "<tee>.<name>.<record id>"."""
+
+    tee: str
+    name: str
+    values: list[str]
+    provenance: Provenance
+    expires_at: float | None = None  # unix seconds; an expired value never matches
+
+
+class ResourceRecord(msgspec.Struct, omit_defaults=True):
+    """Bucket remits_resources, key "<repository>/<type>/<tag>": the secret sealed under a data key
+    wrapped by the key-encryption key (shared.sealing), and what a token must meet to get it."""
+
+    sealed: dict[str, Any]
+    binding: dict[str, Any] = {}  # e.g. {"tees": ["snp"], "measurements": ["<hex>"]}
+    updated_by: str = ""
+    updated_at: float = 0.0
+
+
+class RevocationRecord(msgspec.Struct, omit_defaults=True):
+    """Bucket remits_revocations, key "<kind>.<value>"."""
+
+    kind: Literal["measurement", "chip_id", "fmspc", "token_id"]
+    value: str
+    reason: str
+    revoked_at: float
+    revoked_by: str = ""
+
+
+class AdminKeyRecord(msgspec.Struct, omit_defaults=True):
+    """Bucket remits_admin_keys, key = the key id: a public key allowed to sign admin requests
+    (role "admin") or reference-value manifests (role "provisioner")."""
+
+    kid: str
+    alg: Literal["EdDSA", "ES256"]
+    pem: str
+    role: Literal["admin", "provisioner"] = "admin"
+    added_by: str = ""
+    added_at: float = 0.0
+
+
+# -- the admin API, relayed by the gateway to the provision component ------------------------
+ADMIN_REQUEST_SUBJECT = "remits.admin-api.request"
+ADMIN_REQUEST_QUEUE = "remits-provision"
+
+
+class AdminRequest(msgspec.Struct, omit_defaults=True):
+    """gateway -> provision (core request/reply): one admin HTTP request, relayed as received.
+    The gateway holds no right to change the trust configuration: provision checks the admin
+    credential itself. ``sealed_body`` is the request body encrypted to provision's relay key
+    (a JWE), so that a secret being provisioned never crosses the bus in clear."""
+
+    method: str
+    path: str  # below /admin/v1/ (or "kbs-resource/<repo>/<type>/<tag>" for the KBS upload)
+    authorization: str
+    sealed_body: str = ""
+    content_type: str = ""
+    query: dict[str, str] = {}
+
+
+class AdminReply(msgspec.Struct, omit_defaults=True):
+    status: int
+    body: bytes = b""  # JSON
+    content_type: str = "application/json"
 
 
 class Outcome(msgspec.Struct, omit_defaults=True):
@@ -197,7 +351,10 @@ class DeadLetter(msgspec.Struct, omit_defaults=True):
 
 
 class AuditRecord(msgspec.Struct, omit_defaults=True):
-    """One JSON line the audit consumer appends per decision."""
+    """The event the audit consumer chains per decision: what was decided, and on what (the
+    evidence's digest, the policy and its digest, the reference-value revisions, the verifier).
+    The token is kept whole: it is bound to the TEE's key, so it releases nothing to whoever
+    reads the trail."""
 
     request_id: str
     tee: str
@@ -208,11 +365,42 @@ class AuditRecord(msgspec.Struct, omit_defaults=True):
     token: str = ""
     vector: dict[str, int] = {}
     stream_seq: int = 0
+    detail: str = ""
+    token_id: str = ""
+    evidence_digest: str = ""
+    policy_id: str = ""
+    policy_digest: str = ""
+    policy_revision: int = 0
+    reference_revisions: dict[str, str] = {}
+    bucket_revisions: dict[str, int] = {}
+    revocations: list[str] = []
+    verifier: str = ""
 
 
 _stage_encoder = msgspec.msgpack.Encoder()
+_json_encoder = msgspec.json.Encoder()
+
+
+def encode_json(record: msgspec.Struct) -> bytes:
+    """Records kept in the KV buckets are JSON, so an operator can read them with any NATS tool."""
+    return _json_encoder.encode(record)
+
+
+def decode_json(data: bytes, kind: type[T]) -> T:
+    return msgspec.json.decode(data, type=kind)
+
+
+_evidence_decoder = msgspec.msgpack.Decoder(EvidenceRecord)
+
+
+def decode_evidence_record(data: bytes) -> EvidenceRecord:
+    return _evidence_decoder.decode(data)
+
+
 _stage_decoder = msgspec.msgpack.Decoder(StageUnion)
 _outcome_decoder = msgspec.msgpack.Decoder(Outcome)
+_admin_request_decoder = msgspec.msgpack.Decoder(AdminRequest)
+_admin_reply_decoder = msgspec.msgpack.Decoder(AdminReply)
 _dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)
 
 
@@ -238,3 +426,11 @@ def decode_decision(data: bytes) -> Decision:
     if not isinstance(msg, Decision):
         raise msgspec.ValidationError(f"expected a decision, got {type(msg).__name__}")
     return msg
+
+
+def decode_admin_request(data: bytes) -> AdminRequest:
+    return _admin_request_decoder.decode(data)
+
+
+def decode_admin_reply(data: bytes) -> AdminReply:
+    return _admin_reply_decoder.decode(data)

@@ -77,8 +77,15 @@ async def publisher_as(infra: EmbeddedInfra, component: str):  # type: ignore[no
 
 
 async def start_stack(
-    infra: EmbeddedInfra, data_dir: Path, components: tuple[str, ...] | None = None, **overrides: object
+    infra: EmbeddedInfra,
+    data_dir: Path,
+    components: tuple[str, ...] | None = None,
+    *,
+    fresh: bool = True,
+    **overrides: object,
 ) -> RunningStack:
+    """A stack on ``infra``; ``fresh``: with empty trust buckets and the sample test provisioning
+    (else whatever the buckets hold: a restart, or a second replica)."""
     from services.runtime import COMPONENTS, init_data_dir
 
     settings = stack_settings(infra, data_dir, **overrides)
@@ -87,11 +94,72 @@ async def start_stack(
     kds = LocalEndorsementServer({}, pki.chain_pem())
     await kds.start()
     settings = replace(settings, sample_kds_url=kds.base_url)
+    if fresh:
+        await reset_trust(infra)
     stack = Stack(settings, components=components or COMPONENTS)
     await stack.start()
-    await stack.store.add_reference_values("sample", "measurement", [GOOD_MEASUREMENT.hex()])
-    await stack.store.put_resource(RESOURCE, SECRET)
+    if fresh:
+        await provision_sample(stack)
     return RunningStack(stack, settings, pki, kds, infra)
+
+
+async def reset_trust(infra: EmbeddedInfra) -> None:
+    """Empty the trust buckets: the module's NATS is shared by its tests, and one test's policy or
+    revocation must not decide another's evidence."""
+    from nats.js.errors import NotFoundError
+
+    from shared.trust import buckets
+
+    nc, js = await infra.connect()
+    try:
+        for bucket in buckets.ALL:
+            try:
+                await js.purge_stream(bucket.stream)
+            except NotFoundError:
+                pass
+    finally:
+        await nc.close()
+
+
+async def provision_sample(stack: Stack) -> None:
+    """The sample image's measurement and the test resource (enabled for the sample TEE), as the
+    operator; returns once every component sees them."""
+    admin = stack.trust_admin
+    assert admin is not None
+    await admin.put_reference_value("sample", "measurement", [GOOD_MEASUREMENT.hex()], "tests")
+    await admin.put_resource(RESOURCE, SECRET, "tests", {"allow_sample": True})
+    await stack.trust_synced()
+
+
+async def decisions_on_stream(js: object) -> list[object]:
+    """Every decision on the decision stream (which also carries admin events), in order."""
+    from shared import schemas
+
+    info = await js.stream_info(schemas.DECISION_STREAM, subjects_filter="remits.decision.>")  # type: ignore[attr-defined]
+    count = sum((info.state.subjects or {}).values())
+    if count == 0:
+        return []
+    sub = await js.subscribe("remits.decision.>", ordered_consumer=True)  # type: ignore[attr-defined]
+    try:
+        return [schemas.decode_decision((await sub.next_msg(timeout=5)).data) for _ in range(count)]
+    finally:
+        await sub.unsubscribe()
+
+
+async def add_reference_values(stack: Stack, tee: str, name: str, values: list[str]) -> None:
+    """Provision reference values as the operator; returns once every component sees them."""
+    admin = stack.trust_admin
+    assert admin is not None
+    await admin.put_reference_value(tee, name, values, "tests")
+    await stack.trust_synced()
+
+
+async def put_resource(stack: Stack, path: str, secret: bytes, binding: dict[str, object] | None = None) -> None:
+    """Provision a secret as the operator (sealed by the stack's KEK); returns once seen."""
+    admin = stack.trust_admin
+    assert admin is not None
+    await admin.put_resource(path, secret, "tests", binding or {"allow_sample": True})
+    await stack.trust_synced()
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ from shared.connections import connect_nats, identity_of, open_store
 from shared.embedded import ManagedServer, free_port, nats_server, redis_server
 from shared.metrics import LogHistogram
 from shared.stats import COLLECT_SUBJECT, RESET_SUBJECT
+from shared.trust.operator import operator_trust
 
 RESOURCE = "default/key/demo"
 REFERENCE_NAME = {"sample": "measurement", "snp": "measurement", "tdx": "mr_td"}
@@ -230,11 +231,14 @@ def _settings_with_vendor(settings: Settings, env: dict[str, str]) -> Settings:
     return replace(settings, **changes)
 
 
-async def _provision(store: Store, tees: tuple[str, ...]) -> bytes:
+async def _provision(settings: Settings, tees: tuple[str, ...]) -> bytes:
+    """The fleet's measurement per TEE and the bench secret (enabled for the sample TEE too), in
+    the trust buckets before any service starts."""
     secret = os.urandom(32)
-    for tee in tees:
-        await store.add_reference_values(tee, REFERENCE_NAME[tee], [simulated_fleet.MEASUREMENT.hex()])
-    await store.put_resource(RESOURCE, secret)
+    async with operator_trust(settings) as admin:
+        for tee in tees:
+            await admin.put_reference_value(tee, REFERENCE_NAME[tee], [simulated_fleet.MEASUREMENT.hex()], "remits bench")
+        await admin.put_resource(RESOURCE, secret, "remits bench", {"tees": list(tees), "allow_sample": True})
     return secret
 
 
@@ -245,7 +249,7 @@ async def _start_servers(run: Run, settings: Settings, port: int) -> int:
     logs.mkdir(exist_ok=True)
     if cfg.layout == "stack":
         for index in range(cfg.processes):
-            proc = await spawn_server(settings, port, logs / f"stack-{index}.log")
+            proc = await spawn_server(settings, port, logs / f"stack-{index}.log", audit=index == 0)
             run.servers.append(proc)
             run.track(proc.pid, "stack")
         return cfg.processes
@@ -353,7 +357,7 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 run.nc, run.js = await connect_nats(settings, operator, "remits-bench")
                 await ensure_topology(run.js, settings)
                 run.store = open_store(settings, operator)
-                secret = await _provision(run.store, cfg.tees)
+                secret = await _provision(settings, cfg.tees)
                 if cfg.crypto_threads is not None:
                     settings = replace(settings, crypto_threads=cfg.crypto_threads)
                 n_servers = await _start_servers(run, settings, port)

@@ -1,21 +1,48 @@
-"""`remits audit`: the decision trail."""
+"""`remits audit`: the decision trail (tail, export, verify, replay)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
 
+from services.cli.admin_client import add_local_flags, operator_nats
 from services.cli.common import add_identity_flags, settings_from_args, stop_on_signals
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     audit = sub.add_parser("audit", help="audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    tail = audit_sub.add_parser("tail", help="follow decisions live")
+    tail = audit_sub.add_parser("tail", help="follow decisions and admin changes live")
     tail.add_argument("--nats", help="NATS URL")
-    tail.add_argument("--history", action="store_true", help="start from the first kept decision")
+    tail.add_argument("--history", action="store_true", help="start from the first kept event")
     add_identity_flags(tail)
     tail.set_defaults(run=lambda args: asyncio.run(cmd_audit_tail(args)))
+
+    export = audit_sub.add_parser("export", help="write the chained trail (from the audit stream) as JSON lines")
+    export.add_argument("file", help="where to write it (- for stdout)")
+    add_local_flags(export)
+    export.set_defaults(run=lambda args: asyncio.run(cmd_audit_export(args)))
+
+    verify = audit_sub.add_parser("verify", help="check the trail's chain and signatures: exit 0 intact, 1 not")
+    source = verify.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", nargs="?", help="a trail file (audit.jsonl, or one `audit export` wrote)")
+    source.add_argument("--stream", action="store_true", help="the trail kept on the audit stream")
+    verify.add_argument(
+        "--key", action="append", default=[], help="audit public key (PEM; default: the data directory's)"
+    )
+    verify.add_argument("--partial", action="store_true", help="the trail may start after record 1 (an excerpt)")
+    add_local_flags(verify)
+    verify.set_defaults(run=lambda args: asyncio.run(cmd_audit_verify(args)))
+
+    replay = audit_sub.add_parser("replay", help="run a past appraisal again and compare")
+    replay.add_argument("request_id")
+    replay.add_argument("--current", action="store_true", help="against today's policy and reference values")
+    add_local_flags(replay)
+    replay.set_defaults(run=lambda args: asyncio.run(cmd_audit_replay(args)))
 
 
 async def cmd_audit_tail(args: argparse.Namespace) -> int:
@@ -33,3 +60,58 @@ async def cmd_audit_tail(args: argparse.Namespace) -> int:
     finally:
         await nc.drain()
     return 0
+
+
+async def stream_records(js: Any) -> list[bytes]:
+    """Every record line kept on the audit stream, in order."""
+    from services.audit.trail import read_audit_stream
+
+    return await read_audit_stream(js)
+
+
+async def cmd_audit_export(args: argparse.Namespace) -> int:
+    async with operator_nats(args) as (_settings, _nc, js):
+        lines = await stream_records(js)
+    data = b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines)
+    if args.file == "-":
+        sys.stdout.buffer.write(data)
+    else:
+        await asyncio.to_thread(Path(args.file).write_bytes, data)
+        print(f"{len(lines)} records written to {args.file}", file=sys.stderr)
+    return 0
+
+
+async def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from services.audit.verify import format_result, load_keys, verify_file, verify_records
+    from services.cli.admin_client import local_settings
+
+    settings = local_settings(args)
+    key_paths = [Path(k) for k in args.key]
+    default_key = settings.audit_key_path.with_name(settings.audit_key_path.stem + ".pub.pem")
+    if not key_paths and default_key.exists():
+        key_paths = [default_key]
+    if not key_paths:
+        print("remits audit verify: no audit public key (--key, or the data directory's)", file=sys.stderr)
+        return 2
+    keys = load_keys(key_paths)
+    if args.stream:
+        async with operator_nats(args) as (_settings, _nc, js):
+            lines = await stream_records(js)
+        result = verify_records(lines, keys, allow_partial=args.partial)
+    else:
+        result = await asyncio.to_thread(verify_file, Path(args.file), keys, allow_partial=args.partial)
+    print(format_result(result))
+    return 0 if result.ok else 1
+
+
+async def cmd_audit_replay(args: argparse.Namespace) -> int:
+    from services.audit.replay import ReplayError, replay
+
+    async with operator_nats(args) as (settings, _nc, js):
+        try:
+            report = await replay(js, settings, args.request_id, current=args.current)
+        except ReplayError as exc:
+            print(f"remits audit replay: {exc}", file=sys.stderr)
+            return 2
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0 if report["result"] == "same" else 1

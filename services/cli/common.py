@@ -27,7 +27,11 @@ def host_port(value: str) -> tuple[str, int]:
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nats", help="NATS URL (default: start an embedded nats-server)")
     parser.add_argument("--redis", help="Redis URL (default: start an embedded redis-server)")
-    parser.add_argument("--data-dir", help="keys, sample PKI and audit log (default: $REMITS_DATA_DIR or .remits)")
+    parser.add_argument(
+        "--data-dir",
+        help="keys, sample PKI, audit trail and the embedded NATS's JetStream store with the trust configuration "
+        "(default: $REMITS_DATA_DIR or ~/.local/share/remits)",
+    )
     add_identity_flags(parser)
 
 
@@ -38,6 +42,21 @@ def add_identity_flags(parser: argparse.ArgumentParser) -> None:
         "default: $REMITS_CREDENTIALS_DIR, or the data directory's for embedded servers)",
     )
     parser.add_argument("--nats-creds", help="this component's NATS credentials (nkey seed or .creds file)")
+
+
+RUNNING_NATS_FILE = "nats.url"
+
+
+def add_admin_key_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--admin-key", action="append", default=None, metavar="FILE",
+        help="PEM public key whose admin JWTs the admin API accepts (repeatable; also REMITS_ADMIN_KEYS). "
+        "Without one the admin API is off",
+    )  # fmt: skip
+    parser.add_argument(
+        "--provisioner-key", action="append", default=None, metavar="FILE",
+        help="PEM public key trusted to sign reference-value manifests (repeatable; also REMITS_PROVISIONER_KEYS)",
+    )  # fmt: skip
 
 
 def settings_from_args(args: argparse.Namespace, **extra: object) -> Settings:
@@ -54,6 +73,10 @@ def settings_from_args(args: argparse.Namespace, **extra: object) -> Settings:
         overrides["sample_kds_url"] = args.kds
     if getattr(args, "reuse_port", False):
         overrides["http_reuse_port"] = True
+    if getattr(args, "admin_key", None):
+        overrides["admin_keys"] = tuple(args.admin_key)
+    if getattr(args, "provisioner_key", None):
+        overrides["provisioner_keys"] = tuple(args.provisioner_key)
     if getattr(args, "credentials_dir", None):
         overrides["credentials_dir"] = args.credentials_dir
     if getattr(args, "nats_creds", None):
@@ -86,6 +109,8 @@ async def embedded_infrastructure(
             await asyncio.to_thread(nats.start)
             started.append(nats)
             settings["nats_url"] = f"nats://127.0.0.1:{nats.port}"
+            # Where tools find the running server that owns this data directory's JetStream store.
+            (workdir / "infra" / RUNNING_NATS_FILE).write_text(settings["nats_url"] + "\n")
         if not getattr(args, "redis", None):
             redis = redis_server(workdir / "infra", credentials_dir=credentials_dir)
             await asyncio.to_thread(redis.start)
@@ -93,6 +118,8 @@ async def embedded_infrastructure(
             settings["redis_url"] = f"redis://127.0.0.1:{redis.port}/0"
         yield settings
     finally:
+        with contextlib.suppress(OSError):
+            (workdir / "infra" / RUNNING_NATS_FILE).unlink()
         for server in started:
             await asyncio.to_thread(server.stop)
 
@@ -120,6 +147,10 @@ def server_environment(settings: Settings) -> dict[str, str]:
     )
     if settings.credentials_dir is not None:
         env["REMITS_CREDENTIALS_DIR"] = str(settings.credentials_dir)
+    if settings.admin_keys:
+        env["REMITS_ADMIN_KEYS"] = ",".join(str(p) for p in settings.admin_keys)
+    if settings.provisioner_keys:
+        env["REMITS_PROVISIONER_KEYS"] = ",".join(str(p) for p in settings.provisioner_keys)
     if settings.snp_roots_dir is not None:
         env["REMITS_SNP_ROOTS_DIR"] = str(settings.snp_roots_dir)
     if settings.dcap_root_ca_path is not None:
@@ -129,8 +160,14 @@ def server_environment(settings: Settings) -> dict[str, str]:
 
 def connection_argv(settings: Settings) -> list[str]:
     return [
-        "--nats", settings.nats_url, "--redis", settings.redis_url,
-        "--kds", settings.sample_kds_url, "--data-dir", str(settings.data_dir),
+        "--nats",
+        settings.nats_url,
+        "--redis",
+        settings.redis_url,
+        "--kds",
+        settings.sample_kds_url,
+        "--data-dir",
+        str(settings.data_dir),
     ]
 
 
@@ -140,8 +177,13 @@ async def spawn_remits(
     """Start ``remits ARGV`` as a child process and wait until it prints its ready line."""
     log = open(log_path, "ab")  # noqa: ASYNC230 - handed to the child, closed right after
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", *argv,
-        stdout=asyncio.subprocess.PIPE, stderr=log, env=server_environment(settings),
+        sys.executable,
+        "-m",
+        "services.cli",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=log,
+        env=server_environment(settings),
     )
     log.close()
     assert proc.stdout is not None
@@ -157,13 +199,21 @@ async def spawn_remits(
         raise
 
 
-async def spawn_server(settings: Settings, port: int, log_path: Path) -> asyncio.subprocess.Process:
-    """One more whole-stack process serving the same gateway port (SO_REUSEPORT)."""
-    argv = ["up", *connection_argv(settings), "--http", f"{settings.http_host}:{port}", "--reuse-port", "--processes", "1"]
+async def spawn_server(
+    settings: Settings, port: int, log_path: Path, *, audit: bool = False
+) -> asyncio.subprocess.Process:
+    """One more whole-stack process serving the same gateway port (SO_REUSEPORT). Only one
+    process of a deployment writes the audit trail (``audit``): one chain, one writer."""
+    argv = [
+        "up", *connection_argv(settings), "--http", f"{settings.http_host}:{port}", "--reuse-port",
+        "--processes", "1", *([] if audit else ["--without-audit"]),
+    ]  # fmt: skip
     return await spawn_remits(argv, settings, log_path, b"REMITS gateway ready")
 
 
-async def spawn_worker(settings: Settings, component: str, log_path: Path, port: int = 0) -> asyncio.subprocess.Process:
+async def spawn_worker(
+    settings: Settings, component: str, log_path: Path, port: int = 0
+) -> asyncio.subprocess.Process:
     """One component (`remits worker COMPONENT`) in its own process."""
     argv = ["worker", component, *connection_argv(settings)]
     if component == "gateway":

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -19,11 +20,11 @@ from services.cli.common import (
     start_local_kds,
     stop_processes,
 )
+from services.demo.fleet import provision
 from services.runtime import Stack, init_data_dir
-from shared import credentials
 from shared.config import Settings
-from shared.connections import identity_of, open_store
 from shared.embedded import free_port
+from shared.trust.operator import operator_trust
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -34,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     demo.add_argument("--json", action="store_true", help="one JSON object on stdout")
     demo.add_argument("--concurrency", type=int, default=100)
     demo.add_argument("--processes", type=int, default=1, help="server processes (0: in this process)")
+    demo.add_argument(
+        "--data-dir", default=None,
+        help="keep the demo's data here (its audit trail, keys and JetStream store); default: a temporary directory",
+    )  # fmt: skip
     demo.set_defaults(run=lambda args: asyncio.run(cmd_demo(args)))
 
 
@@ -76,13 +81,16 @@ async def fleet_target(args: argparse.Namespace, workdir: Path):  # type: ignore
     process (--processes 0) or as N `remits up` server processes sharing one port (SO_REUSEPORT),
     so the simulated fleet's own crypto does not compete with the service for one event loop."""
     args.nats = args.redis = None
-    async with embedded_infrastructure(args, workdir, workdir / "data" / "credentials") as urls:
-        base = {**urls, "data_dir": workdir / "data", "http_port": 0}
+    data_dir = workdir if getattr(args, "data_dir", None) else workdir / "data"
+    async with embedded_infrastructure(args, workdir, data_dir / "credentials") as urls:
+        base = {**urls, "data_dir": data_dir, "http_port": 0}
         settings = settings_from_args(args, **base)
         init_data_dir(settings)
         fleet, kds, extra = await simulated_vendor(args, settings)
         settings = settings_from_args(args, **base, **extra)
-        store = open_store(settings, identity_of(settings, credentials.ADMIN))  # provisions the fleet
+        secret = os.urandom(32)
+        async with operator_trust(settings) as admin:  # before any service starts: they find it there
+            await provision(admin, fleet, secret)
         servers: list[asyncio.subprocess.Process] = []
         stack: Stack | None = None
         try:
@@ -93,14 +101,14 @@ async def fleet_target(args: argparse.Namespace, workdir: Path):  # type: ignore
             else:
                 port = free_port()
                 for index in range(args.processes):
-                    servers.append(await spawn_server(settings, port, workdir / f"server-{index}.log"))
+                    log_path = workdir / f"server-{index}.log"
+                    servers.append(await spawn_server(settings, port, log_path, audit=index == 0))
                 url = f"http://127.0.0.1:{port}"
-            yield url, fleet, store
+            yield url, fleet, secret
         finally:
             if stack is not None:
                 await stack.stop()
             await stop_processes(servers)
-            await store.close()
             await kds.stop()
 
 
@@ -110,9 +118,10 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     if args.fleet < 1 or not 0 <= args.bad <= args.fleet:
         print("remits demo: need --fleet >= 1 and 0 <= --bad <= --fleet", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="remits-demo-") as tmp:
-        async with fleet_target(args, Path(tmp)) as (url, fleet, store):
-            summary = await run_fleet(url, fleet, store, args.fleet, args.bad, args.concurrency)
+    with contextlib.ExitStack() as cleanup:
+        workdir = Path(args.data_dir) if args.data_dir else Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="remits-demo-")))
+        async with fleet_target(args, workdir) as (url, fleet, secret):
+            summary = await run_fleet(url, fleet, secret, args.fleet, args.bad, args.concurrency)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -122,6 +131,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
             f"contraindicated {summary['contraindicated']}, rejected {summary['rejected']}, errors {summary['errors']}"
         )
         print(f"  secrets released: {summary['secrets_released']}")
+        if args.data_dir:
+            print(f"  audit trail: {Path(args.data_dir) / 'audit.jsonl'} (`remits audit verify` checks it)")
         print(
             f"  {summary['attestations_per_s']} attestations/s over {summary['elapsed_s']} s; "
             f"latency p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"

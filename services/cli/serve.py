@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from services.cli.common import (
+    add_admin_key_flags,
     add_connection_flags,
     add_identity_flags,
     embedded_infrastructure,
@@ -32,22 +33,36 @@ def replica_spec(value: str) -> tuple[str, int]:
     """``STAGE=N`` for `remits up --replicas`."""
     stage, _, count = value.partition("=")
     if stage not in schemas.STAGES or not count.isdigit() or int(count) < 1:
-        raise argparse.ArgumentTypeError(f"expected STAGE=N with STAGE one of {', '.join(schemas.STAGES)} and N >= 1")
+        raise argparse.ArgumentTypeError(
+            f"expected STAGE=N with STAGE one of {', '.join(schemas.STAGES)} and N >= 1"
+        )
     return stage, int(count)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     up = sub.add_parser("up", help="run the whole stack (embedded NATS and Redis unless URLs are given)")
     add_connection_flags(up)
+    add_admin_key_flags(up)
+    up.add_argument(
+        "--without-audit", action="store_true", help=argparse.SUPPRESS
+    )  # further processes of one `up`
     up.add_argument("--http", type=host_port, default=None, help="gateway HOST:PORT (default 127.0.0.1:8080)")
     up.add_argument("--kds", help="sample vendor endorsement server URL (default: start a local one)")
-    up.add_argument("--reuse-port", action="store_true", help="let several `remits up` share the gateway port")
     up.add_argument(
-        "--processes", type=int, default=None,
+        "--reuse-port", action="store_true", help="let several `remits up` share the gateway port"
+    )
+    up.add_argument(
+        "--processes",
+        type=int,
+        default=None,
         help="run the whole stack in N processes sharing the gateway port (default: one per core)",
     )
     up.add_argument(
-        "--replicas", type=replica_spec, action="append", default=[], metavar="STAGE=N",
+        "--replicas",
+        type=replica_spec,
+        action="append",
+        default=[],
+        metavar="STAGE=N",
         help="N extra processes for one stage (repeatable), e.g. --replicas identity=2",
     )
     up.set_defaults(run=lambda args: asyncio.run(cmd_up(args)))
@@ -55,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     worker = sub.add_parser("worker", help="run one component; several replicas may run at once")
     worker.add_argument("stage", choices=COMPONENTS)
     add_connection_flags(worker)
+    add_admin_key_flags(worker)
     worker.add_argument("--http", type=host_port, default=None, help="gateway HOST:PORT")
     worker.add_argument("--kds", help="sample vendor endorsement server URL")
     worker.add_argument("--reuse-port", action="store_true", help="let several gateways share the port")
@@ -67,7 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     kds = sub.add_parser("kds", help="run the sample vendor's endorsement (key) server")
     kds.add_argument("--data-dir", help="holds sample-pki/ and enrolled device certificates in sample-kds/")
-    kds.add_argument("--http", type=host_port, default=("127.0.0.1", 8099), help="HOST:PORT (default 127.0.0.1:8099)")
+    kds.add_argument(
+        "--http", type=host_port, default=("127.0.0.1", 8099), help="HOST:PORT (default 127.0.0.1:8099)"
+    )
     kds.set_defaults(run=lambda args: asyncio.run(cmd_kds(args)))
 
 
@@ -103,7 +121,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
         if not args.kds:
             _, kds = await start_local_kds(settings)
             settings = settings_from_args(args, **extra, sample_kds_url=kds.base_url)
-        stack = Stack(settings)
+        components = tuple(c for c in COMPONENTS if not (args.without_audit and c == "audit"))
+        stack = Stack(settings, components=components)
         try:
             await stack.start()
         except (MissingCredentials, PermissionError) as exc:
@@ -123,7 +142,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
         replicas = " ".join(f"{stage}+{count}" for stage, count in args.replicas)
         print(
             f"  nats={settings.nats_url} redis={settings.redis_url} sample-kds={settings.sample_kds_url}"
-            f" credentials={settings.credentials_dir} processes={processes}" + (f" replicas={replicas}" if replicas else ""),
+            f" credentials={settings.credentials_dir} processes={processes}"
+            + (f" replicas={replicas}" if replicas else ""),
             flush=True,
         )
         await stack.stop_event.wait()
@@ -154,13 +174,15 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 
 async def cmd_setup(args: argparse.Namespace) -> int:
     from shared.bus import ensure_topology
+    from shared.trust.mirror import ensure_buckets
 
     settings = settings_from_args(args)
     # Creating streams and consumers is the operator's right alone.
     nc, js = await connect_nats(settings, identity_of(settings, credentials.ADMIN), "remits-setup")
     await ensure_topology(js, settings)
+    await ensure_buckets(js)
     await nc.drain()
-    print("streams and consumers ready")
+    print("streams, consumers and trust buckets ready")
     return 0
 
 

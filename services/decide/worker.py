@@ -3,16 +3,29 @@ request, and publish it on remits.decision.<tee>.<status> for auditors."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 from services.common import StageContext, decision_record, reject
 from shared import schemas
 from shared.bus import Publish
 from shared.ear import EarSigner, build_ear_claims, status_of
+from shared.trust.evaluate import VERIFIER
 
 STAGE = "decide"
-POLICY_ID = "remits-default"
-VERIFIER_BUILD = "remits 0.1.0"
+POLICY_ID = "remits-default"  # when an appraisal names no policy (none came from the measure stage)
+
+
+def token_id(request_id: str) -> str:
+    """The EAR's jti: derived from the request, so a redelivered appraisal signs the same id."""
+    return hashlib.sha256(f"remits-ear|{request_id}".encode()).hexdigest()[:32]
+
+
+def policy_label(provenance: schemas.Appraised | None) -> str:
+    """ear.appraisal-policy-id: the policy and the digest of the exact text that judged."""
+    if provenance is None or not provenance.policy_id:
+        return POLICY_ID
+    return f"{provenance.policy_id}@sha256:{provenance.policy_digest}"
 
 
 def decide(
@@ -26,6 +39,7 @@ def decide(
             decided_at=now,
             reason=message.reason,
             detail=f"{message.stage}: {message.detail}" if message.detail else message.stage,
+            provenance=message.provenance,
         )
     status = status_of(message.vector)
     annotated = {
@@ -36,16 +50,22 @@ def decide(
         tee=message.meta.tee,
         vector=message.vector,
         annotated_evidence=annotated,
-        policy_id=POLICY_ID,
+        policy_id=policy_label(message.provenance),
         issued_at=int(now),
         lifetime_s=lifetime_s,
-        verifier_build=VERIFIER_BUILD,
+        verifier_build=VERIFIER,
         eat_nonce=nonce if isinstance(nonce := message.runtime_data_claims.get("nonce"), str) else None,
+        token_id=(jti := token_id(message.meta.request_id)),
     )
     if status == "none":
         # A vector with no claims at all is not a trust statement: refuse rather than affirm.
         return schemas.Decision(
-            meta=message.meta, status="rejected", decided_at=now, reason="policy.no_claims", vector=message.vector
+            meta=message.meta,
+            status="rejected",
+            decided_at=now,
+            reason="policy.no_claims",
+            vector=message.vector,
+            provenance=message.provenance,
         )
     return schemas.Decision(
         meta=message.meta,
@@ -55,6 +75,8 @@ def decide(
         token=signer.sign(claims),
         vector=message.vector,
         claims=message.claims,
+        token_id=jti,
+        provenance=message.provenance,
     )
 
 

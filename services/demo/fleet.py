@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 import math
-import os
 import statistics
 import time
 from collections import Counter
@@ -20,11 +19,11 @@ import aiohttp
 from services.demo.client import GuestClient, sample_evidence, snp_evidence
 from services.demo.snp_sim import LocalAmdKds, SimulatedSnpGuest
 from services.demo.tdx_sim import SimulatedIntel, SimulatedTdxPlatform
-from shared.cache import Store
 from shared.ear import submod_status
 from shared.kbs.binding import expected_report_data
 from shared.platforms.sample.endorsement_server import LocalEndorsementServer
 from shared.platforms.sample.pki import SimulatedDevice, VendorPKI
+from shared.trust.admin import TrustAdmin
 
 DEMO_IMAGE_MEASUREMENT = hashlib.sha384(b"remits demo guest image v1").digest()
 DEMO_RESOURCE = "default/key/demo"
@@ -121,9 +120,15 @@ class TdxFleet:
         return {"cc_eventlog": None, "quote": base64.b64encode(bytes(quote)).decode()}
 
 
-async def provision(store: Store, platform: FleetTee, secret: bytes) -> None:
-    await store.add_reference_values(platform.tee, platform.reference_name, [DEMO_IMAGE_MEASUREMENT.hex()])
-    await store.put_resource(DEMO_RESOURCE, secret)
+async def provision(admin: TrustAdmin, platform: FleetTee, secret: bytes) -> None:
+    """The demo image's measurement and the demo secret, bound to the demo's TEE (the sample TEE
+    gets resources only because the demo enables it for its own)."""
+    actor = "remits demo"
+    await admin.put_reference_value(platform.tee, platform.reference_name, [DEMO_IMAGE_MEASUREMENT.hex()], actor)
+    binding: dict[str, Any] = {"tees": [platform.tee]}
+    if platform.tee == "sample":
+        binding["allow_sample"] = True
+    await admin.put_resource(DEMO_RESOURCE, secret, actor, binding)
 
 
 def plan_fleet(fleet: int, bad: int) -> list[str]:
@@ -198,15 +203,14 @@ def percentile(values: list[float], q: float) -> float:
 async def run_fleet(
     base_url: str,
     platform: FleetTee,
-    store: Store,
+    secret: bytes,
     fleet: int,
     bad: int,
     concurrency: int = 100,
 ) -> dict[str, Any]:
+    """Run the fleet against a stack already provisioned with ``provision(..., secret)``."""
     if not 0 <= bad <= fleet:
         raise ValueError("--bad must be between 0 and --fleet")
-    secret = os.urandom(32)
-    await provision(store, platform, secret)
     kinds = plan_fleet(fleet, bad)
     devices = [platform.new_guest(kind) for kind in kinds]
     captured: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import time
 from typing import Any
 
@@ -16,6 +15,8 @@ import msgspec
 import nats
 import structlog
 from aiohttp import web
+from joserfc import jwe
+from joserfc.jwk import ECKey
 from nats.aio.client import Client as NATS
 
 from services.gateway.waiter import OutcomeWaiter
@@ -62,7 +63,9 @@ def _error(status: int, variant: str, detail: str) -> web.Response:
 
 def _require_json(request: web.Request) -> web.Response | None:
     if request.content_type != "application/json":
-        return _error(415, "InvalidRequest", f"content type must be application/json, got {request.content_type!r}")
+        return _error(
+            415, "InvalidRequest", f"content type must be application/json, got {request.content_type!r}"
+        )
     return None
 
 
@@ -92,14 +95,14 @@ class Gateway:
         store: Store,
         waiter: OutcomeWaiter,
         auth: BusAuth | None = None,
-        admin_store: Store | None = None,
+        relay_public_pem: str = "",
     ) -> None:
         self.settings = settings
         self.nc = nc
         self.bus_auth = auth  # signs resource requests, checks release's answers
-        # Writes resources for the admin endpoint under the operator's Redis identity; the
-        # gateway's own identity cannot write a secret. None: the admin endpoint is off.
-        self.admin_store = admin_store
+        # Admin requests are relayed to the provision component, their bodies encrypted to its
+        # relay key; without that key the admin API is off here.
+        self.relay_key = ECKey.import_key(relay_public_pem) if relay_public_pem else None
         self.publisher = publisher
         self.store = store
         self.waiter = waiter
@@ -113,6 +116,7 @@ class Gateway:
                 web.post("/kbs/v0/attest", self.attest),
                 web.get("/kbs/v0/resource/{repository}/{type}/{tag}", self.get_resource),
                 web.post("/kbs/v0/resource/{repository}/{type}/{tag}", self.put_resource),
+                web.route("*", "/admin/v1/{tail:.*}", self.admin),
                 web.get("/healthz", self.healthz),
                 web.get("/.well-known/jwks.json", self.jwks),
             ]
@@ -151,7 +155,11 @@ class Gateway:
             return bad
         body = decode_request(await _read_body(request, self.settings.max_body_bytes))
         if body.tee not in SUPPORTED_TEES:
-            return _error(400, "UnsupportedTee", f"TEE {body.tee!r} is not supported; supported: {sorted(SUPPORTED_TEES)}")
+            return _error(
+                400,
+                "UnsupportedTee",
+                f"TEE {body.tee!r} is not supported; supported: {sorted(SUPPORTED_TEES)}",
+            )
         session = await self.store.create_session(body.tee, self.settings.nonce_ttl_s)
         return _json_response({"nonce": session.nonce, "extra-params": ""}, session.session_id)
 
@@ -183,19 +191,27 @@ class Gateway:
             tee_pubkey=tee_pubkey,
             primary_evidence=msgspec.json.encode(body.tee_evidence.primary_evidence),
             additional_evidence=body.tee_evidence.additional_evidence,
-            init_data=None if body.init_data is None else {"format": body.init_data.format, "body": body.init_data.body},
+            init_data=None
+            if body.init_data is None
+            else {"format": body.init_data.format, "body": body.init_data.body},
         )
         with (
             structlog.contextvars.bound_contextvars(request_id=request_id, stage="gateway"),
             _root_span("remits.gateway.attest", request_id),
         ):
-            outcome = await self._submit(Publish(schemas.stage_subject("intake"), message, f"{request_id}:gateway"), meta)
+            outcome = await self._submit(
+                Publish(schemas.stage_subject("intake"), message, f"{request_id}:gateway"), meta
+            )
             log.debug("attest.answered", tee=session.tee, status=outcome.status, reason=outcome.reason)
         if outcome.reason in _UNAVAILABLE:
             # The pipeline did not decide (yet): tell the guest to retry, not that it failed.
             return _error(503, "ServiceUnavailable", f"{outcome.reason}: {outcome.detail}")
         if outcome.status == "rejected":
-            return _error(401, "AttestationError", f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason)
+            return _error(
+                401,
+                "AttestationError",
+                f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason,
+            )
         return _json_response({"token": outcome.token}, session.session_id)
 
     async def _submit(self, item: Publish, meta: schemas.RequestMeta) -> schemas.Outcome:
@@ -205,7 +221,9 @@ class Gateway:
         except Exception as exc:
             self.waiter.forget(meta.request_id)
             log.error("gateway.publish_failed", error=repr(exc))
-            return schemas.Outcome(meta.request_id, "rejected", "pipeline.unavailable", "could not queue the request")
+            return schemas.Outcome(
+                meta.request_id, "rejected", "pipeline.unavailable", "could not queue the request"
+            )
         return await self.waiter.wait(meta.request_id, future, self.settings.request_timeout_s)
 
     async def get_resource(self, request: web.Request) -> web.Response:
@@ -216,12 +234,16 @@ class Gateway:
         if not _SESSION_ID.fullmatch(session_id):
             session_id = ""
         auth = request.headers.get("Authorization", "")
-        token = auth[len("Bearer "):].strip() if auth.startswith("Bearer ") else ""
+        token = auth[len("Bearer ") :].strip() if auth.startswith("Bearer ") else ""
         if not token and not session_id:
             return _error(401, "TokenNotFound", "attest first, or send Authorization: Bearer <token>")
         request_id = _request_id()
         meta = schemas.RequestMeta(
-            request_id=request_id, tee="resource", reply_to="", submitted_at=time.time(), session_id=session_id
+            request_id=request_id,
+            tee="resource",
+            reply_to="",
+            submitted_at=time.time(),
+            session_id=session_id,
         )
         message = schemas.ResourceRequest(meta=meta, token=token, resource_path=path)
         with (
@@ -239,7 +261,9 @@ class Gateway:
         if outcome.reason == "token.not_found":
             return _error(401, "TokenNotFound", outcome.detail)
         variant = "TokenVerifierError" if outcome.reason.startswith("token.") else "PolicyDeny"
-        return _error(401, variant, f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason)
+        return _error(
+            401, variant, f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason
+        )
 
     async def _fetch_resource(self, message: schemas.ResourceRequest) -> schemas.Outcome:
         """Ask a release replica (request/reply): a lost request is a 503 the guest retries."""
@@ -261,18 +285,66 @@ class Gateway:
         except nats.errors.NoRespondersError:
             return schemas.Outcome(rid, "denied", "pipeline.unavailable", "no release stage is running")
         except (TimeoutError, nats.errors.TimeoutError):
-            return schemas.Outcome(rid, "denied", "pipeline.timeout", f"no answer within {self.settings.request_timeout_s:.0f}s")
+            return schemas.Outcome(
+                rid, "denied", "pipeline.timeout", f"no answer within {self.settings.request_timeout_s:.0f}s"
+            )
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return schemas.Outcome(rid, "denied", "pipeline.unavailable", f"unreadable answer: {exc}")
         except nats.errors.Error as exc:
             return schemas.Outcome(rid, "denied", "pipeline.unavailable", repr(exc))
 
     async def put_resource(self, request: web.Request) -> web.Response:
-        """Admin: store a resource. Disabled unless an admin token is configured (fail closed)."""
-        admin = self.settings.admin_token
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not admin or self.admin_store is None or not secrets.compare_digest(given.encode(), admin.encode()):
-            return _error(401, "AdminAuth", "admin API requires the configured admin bearer token")
+        """KBS resource upload (raw bytes): an admin request like any other, relayed to provision."""
         path = "/".join(request.match_info[k] for k in ("repository", "type", "tag"))
-        await self.admin_store.put_resource(path, await _read_body(request, self.settings.max_body_bytes))
-        return _json_response({"stored": path})
+        return await self._relay(request, "POST", f"kbs-resource/{path}")
+
+    async def admin(self, request: web.Request) -> web.Response:
+        """/admin/v1/...: relayed to the provision component, which checks the admin credential."""
+        if request.method not in ("GET", "PUT", "POST", "DELETE"):
+            return _error(405, "InvalidRequestPath", f"{request.method} not allowed on {request.path}")
+        return await self._relay(request, request.method, request.match_info["tail"])
+
+    async def _relay(self, request: web.Request, method: str, path: str) -> web.Response:
+        if self.relay_key is None:
+            return _admin_error(404, "admin.disabled", "this gateway has no relay key for the admin API")
+        body = await _read_body(request, self.settings.max_body_bytes)
+        sealed = (
+            jwe.encrypt_compact({"alg": "ECDH-ES", "enc": "A256GCM"}, body, self.relay_key) if body else ""
+        )
+        message = schemas.AdminRequest(
+            method=method,
+            path=path,
+            authorization=request.headers.get("Authorization", ""),
+            sealed_body=sealed,
+            content_type=request.content_type,
+            query=dict(request.query),
+        )
+        data = schemas.encode(message)
+        headers = (
+            {MAC_HEADER: self.bus_auth.sign(schemas.ADMIN_REQUEST_SUBJECT, data)} if self.bus_auth else None
+        )
+        try:
+            reply_msg = await self.nc.request(
+                schemas.ADMIN_REQUEST_SUBJECT, data, timeout=self.settings.request_timeout_s, headers=headers
+            )
+            if self.bus_auth is not None:
+                self.bus_auth.verify(
+                    reply_msg.subject, reply_msg.data, reply_msg.headers, accept=frozenset({"provision"})
+                )
+            reply = schemas.decode_admin_reply(reply_msg.data)
+        except nats.errors.NoRespondersError:
+            return _admin_error(503, "admin.unavailable", "no provision component is running")
+        except (TimeoutError, nats.errors.TimeoutError):
+            return _admin_error(503, "admin.unavailable", "provision did not answer in time")
+        except (Unauthenticated, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("gateway.admin_answer_refused", error=repr(exc))
+            return _admin_error(502, "admin.bad_answer", "the answer to the admin request was not authentic")
+        return web.Response(
+            status=reply.status, body=reply.body, content_type=reply.content_type or "application/json"
+        )
+
+
+def _admin_error(status: int, reason: str, detail: str) -> web.Response:
+    return web.Response(
+        status=status, body=_json.encode({"error": reason, "detail": detail}), content_type="application/json"
+    )

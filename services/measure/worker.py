@@ -1,50 +1,63 @@
-"""Measurement check: the evidence's measurements against the provisioned reference values."""
+"""Measurement check: the evidence's claims against the provisioned reference values and
+revocations, judged by the TEE's attestation policy (Rego). The evidence and what the appraisal
+rested on are kept (stream REMITS_EVIDENCE) so that the decision can be replayed later."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from services.common import StageContext, reject
 from shared import schemas
 from shared.bus import Publish
-from shared.errors import RemitsError
+from shared.trust.evaluate import PolicyUnavailable, appraise, attestation_policy
 
 STAGE = "measure"
-# Violations of these fields mean "this is not an approved image", whatever the TEE.
-MEASUREMENT_FIELDS = frozenset({"measurement", "tdx.quote.body.mr_td", "sgx.quote.body.mr_enclave"})
 
 
 def make_handler(ctx: StageContext):
+    assert ctx.trust is not None and ctx.policies is not None, "the measure stage reads the trust buckets"
+    trust, policies = ctx.trust, ctx.policies
+
     async def handle(message: schemas.StageUnion) -> Sequence[Publish]:
         if not isinstance(message, schemas.VerifiedEvidence):
             return [reject(message.meta, STAGE, "bus.unexpected_message", type(message).__name__)]
-        platform = ctx.platforms.get(message.meta.tee)
+        meta = message.meta
+        platform = ctx.platforms.get(meta.tee)
         if platform is None:
-            return [reject(message.meta, STAGE, "tee.unsupported", message.meta.tee)]
-        assert ctx.reference_values is not None
-        references = await ctx.reference_values.get(message.meta.tee, tuple(platform.reference_names))
+            return [reject(meta, STAGE, "tee.unsupported", meta.tee)]
+        snapshot = trust.snapshot()
         try:
-            appraisal = platform.appraise(message.evidence, message.claims, references)
-        except RemitsError as err:
-            return [reject(message.meta, STAGE, err)]
-        if appraisal.violations:
-            fields = [v.field for v in appraisal.violations]
-            reason = (
-                "measurement.not_in_reference_values"
-                if MEASUREMENT_FIELDS & set(fields)
-                else f"policy.{fields[0]}"
-            )
-            detail = json.dumps([{"field": v.field, "got": v.got, "want": v.want} for v in appraisal.violations])
-            return [reject(message.meta, STAGE, reason, detail)]
+            policy = attestation_policy(snapshot, meta.tee, policies)
+        except PolicyUnavailable as exc:
+            return [reject(meta, STAGE, "policy.unavailable", str(exc))]
+        now = ctx.clock()
+        verdict = appraise(platform, snapshot, policy, message.evidence, message.claims, now)
+        record = schemas.EvidenceRecord(
+            request_id=meta.request_id,
+            tee=meta.tee,
+            appraised_at=now,
+            evidence=message.evidence,
+            claims=message.claims,
+            runtime_data_claims=message.runtime_data_claims,
+            provenance=verdict.provenance,
+            vector=verdict.vector,
+            reject=verdict.reject,
+        )
+        kept = Publish(schemas.evidence_subject(meta.request_id), record, f"{meta.request_id}:evidence")
+        if verdict.reject:
+            rejection = reject(meta, STAGE, verdict.reject, verdict.detail)
+            assert isinstance(rejection.message, schemas.Rejection)
+            rejection.message.provenance = verdict.provenance
+            return [kept, rejection]
         appraised = schemas.AppraisedEvidence(
-            meta=message.meta,
+            meta=meta,
             runtime_data_claims=message.runtime_data_claims,
             claims=message.claims,
-            vector=appraisal.vector,
-            notes=appraisal.notes,
+            vector=verdict.vector,
+            notes=verdict.notes,
+            provenance=verdict.provenance,
         )
         # The appraisal subject: NATS lets only the measure stage publish there.
-        return [Publish(schemas.APPRAISAL_SUBJECT, appraised, f"{message.meta.request_id}:{STAGE}")]
+        return [kept, Publish(schemas.APPRAISAL_SUBJECT, appraised, f"{meta.request_id}:{STAGE}")]
 
     return handle

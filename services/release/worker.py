@@ -7,10 +7,12 @@ resource fetches, core NATS requests from the gateway answered directly (``Resou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -22,11 +24,16 @@ from shared import schemas
 from shared.bus import Publish
 from shared.busauth import Unauthenticated
 from shared.cache import TtlCache
-from shared.ear import EarVerifier, submod_status, tee_pubkey_from_claims
+from shared.ear import CPU_SUBMOD, K_EVIDENCE, EarVerifier, submod_status, tee_pubkey_from_claims
 from shared.errors import RemitsError, VerificationError
 from shared.jwe import wrap_secret
+from shared.policy.engine import PolicyError
+from shared.sealing import KeyRing, SealingError, unseal
 from shared.stats import STATS
 from shared.telemetry import extract_context, get_logger, is_sampled, tracer
+from shared.trust.appraisal import REVOCATION_CLAIMS, revocation_input, token_revocations
+from shared.trust.evaluate import PolicyUnavailable, resource_policy
+from shared.trust.snapshot import Entry
 
 STAGE = "release"
 log = get_logger("remits.release")
@@ -37,16 +44,47 @@ RESOURCE_PATH = re.compile(r"^[A-Za-z0-9_.-]{1,128}/[A-Za-z0-9_.-]{1,128}/[A-Za-
 @dataclass(frozen=True)
 class VerifiedToken:
     """What release needs from a token this service signed: its status, the TEE key secrets are
-    wrapped to (or why it names none) and the challenge it answers."""
+    wrapped to (or why it names none), the challenge it answers, and what the resource policy
+    and revocations judge (the workload's TEE and claims, the token's id and validity)."""
 
     status: str
     tee_jwk: dict[str, Any] | VerificationError
     eat_nonce: str
+    tee: str = ""
+    claims: dict[str, Any] = field(default_factory=dict)
+    jti: str = ""
+    iat: int = 0
+    exp: int = 0
+
+    def policy_input(self) -> dict[str, Any]:
+        measurement_claim = REVOCATION_CLAIMS.get(self.tee, {}).get("measurement", "")
+        return {
+            "status": self.status,
+            "tee": self.tee,
+            "iat": self.iat,
+            "exp": self.exp,
+            "jti": self.jti,
+            "measurement": str(self.claims.get(measurement_claim, "")),
+            "claims": self.claims,
+        }
+
+
+def _workload(claims: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The TEE and its claims from a token's annotated evidence (where decide put them)."""
+    annotated = claims.get("submods", {}).get(CPU_SUBMOD, {}).get(K_EVIDENCE, {})
+    for tee in ("snp", "tdx", "sgx", "sample"):
+        if isinstance(annotated.get(tee), dict):
+            return tee, annotated[tee]
+    return "", {}
 
 
 class Release:
-    def __init__(self, ctx: StageContext) -> None:
+    def __init__(
+        self, ctx: StageContext, keyring: KeyRing | None = None, kek_path: Path | None = None
+    ) -> None:
         self.ctx = ctx
+        self._keyring = keyring
+        self._kek_path = kek_path  # read again when a record names a KEK this replica does not hold
         self._verifier = EarVerifier(ctx.signing_key.public_key())
         # Tokens this replica verified, until they expire: the token a guest presents right after
         # attesting is byte for byte the one checked when its decision arrived.
@@ -63,7 +101,12 @@ class Release:
             except VerificationError as err:
                 tee_jwk = err
             nonce = claims.get("eat_nonce")
-            entry = VerifiedToken(submod_status(claims), tee_jwk, nonce if isinstance(nonce, str) else "")
+            tee, tee_claims = _workload(claims)
+            entry = VerifiedToken(
+                submod_status(claims), tee_jwk, nonce if isinstance(nonce, str) else "",
+                tee=tee, claims=tee_claims, jti=str(claims.get("jti", "")),
+                iat=int(claims.get("iat", 0)), exp=int(claims["exp"]),
+            )  # fmt: skip
             self._verified.put(token, entry, float(claims["exp"]) - now)
         return entry
 
@@ -91,7 +134,9 @@ class Release:
                         (meta.request_id, data, outcome_mac(ctx, meta.request_id, data)),
                     )  # fmt: skip
                     if bound != "ok":
-                        raise VerificationError(f"token.{bound}", "the token does not answer this session's challenge")
+                        raise VerificationError(
+                            f"token.{bound}", "the token does not answer this session's challenge"
+                        )
                     await notify_outcome(ctx, meta.reply_to, outcome, stored=True)
                     return
             except RemitsError as err:
@@ -105,29 +150,80 @@ class Release:
         rid = request.meta.request_id
         if not RESOURCE_PATH.match(request.resource_path):
             return schemas.Outcome(rid, "denied", "resource.bad_path", request.resource_path)
-        session, secret = await self.ctx.store.session_and_resource(request.meta.session_id, request.resource_path)
+        session = (
+            await self.ctx.store.get_session(request.meta.session_id) if request.meta.session_id else None
+        )
         # An attested session's own token first (the cookie), else the bearer token presented.
         token = session.token if session is not None and session.state == "attested" else request.token
         if not token:
-            return schemas.Outcome(rid, "denied", "token.not_found", "attest first, or send Authorization: Bearer <token>")
+            return schemas.Outcome(
+                rid, "denied", "token.not_found", "attest first, or send Authorization: Bearer <token>"
+            )
         try:
             verified = self.verified_token(token)
-            if verified.status != "affirming":
-                return schemas.Outcome(rid, "denied", "policy.status_not_affirming", f"ear.status is {verified.status}")
+            allowed, reason, entry = self._judge(verified, request.resource_path)
+            if not allowed:
+                return schemas.Outcome(rid, "denied", reason, f"resource policy: {reason}")
             tee_jwk = verified.tee_jwk
             if isinstance(tee_jwk, VerificationError):
                 raise tee_jwk
-            if secret is None:
+            if entry is None:
                 return schemas.Outcome(rid, "not_found", "resource.not_found", request.resource_path)
-            jwe = wrap_secret(secret, tee_jwk)
+            jwe = wrap_secret(self._unseal(entry.key, entry.record), tee_jwk)
         except RemitsError as err:
             return schemas.Outcome(rid, "denied", err.reason, err.detail)
         log.debug("resource.released", resource=request.resource_path)  # never the value
         return schemas.Outcome(rid, "released", jwe=msgspec.json.encode(jwe))
 
+    def _judge(
+        self, verified: VerifiedToken, path: str
+    ) -> tuple[bool, str, Entry[schemas.ResourceRecord] | None]:
+        """The resource policy over the token, the resource's binding and the revocations that
+        void the token. A resource that does not exist is judged with no binding, so that a
+        token the policy refuses learns nothing about which resources exist."""
+        assert self.ctx.trust is not None and self.ctx.policies is not None
+        snapshot = self.ctx.trust.snapshot()
+        entry = snapshot.resources.get(path)
+        try:
+            policy = resource_policy(snapshot, self.ctx.policies)
+        except PolicyUnavailable as exc:
+            log.error("resource.policy_unavailable", detail=str(exc))
+            return False, "policy.unavailable", None
+        revoked = token_revocations(snapshot, verified.jti, verified.tee, verified.claims)
+        try:
+            result = policy.evaluate(
+                {
+                    "token": verified.policy_input(),
+                    "resource": {"path": path, "binding": entry.record.binding if entry is not None else {}},
+                    "revocations": revocation_input(revoked),
+                    "now": self.ctx.clock(),
+                }
+            )
+        except PolicyError as exc:
+            log.error("resource.policy_failed", detail=str(exc))
+            return False, "policy.evaluation_failed", None
+        allowed = result.get("allow") is True
+        reason = result.get("reason")
+        return (
+            allowed,
+            str(reason) if isinstance(reason, str) and reason else ("ok" if allowed else "policy.denied"),
+            entry,
+        )
 
-def make_handler(ctx: StageContext):  # type: ignore[no-untyped-def]
-    return Release(ctx).handle
+    def _unseal(self, path: str, record: schemas.ResourceRecord) -> bytes:
+        if self._keyring is None:
+            raise VerificationError("resource.sealed", "this release replica holds no key-encryption key")
+        if record.sealed.get("kid") not in self._keyring.kids and self._kek_path is not None:
+            # `remits kek rotate` re-wrapped the data keys under a KEK written to the key file.
+            with contextlib.suppress(SealingError, OSError):
+                self._keyring = KeyRing.load(self._kek_path)
+        try:
+            return unseal(self._keyring, record.sealed, path.encode())
+        except SealingError as exc:
+            log.error("resource.unseal_failed", resource=path, error=str(exc))
+            raise VerificationError(
+                "resource.unsealable", "the stored resource does not open with this KEK"
+            ) from None
 
 
 class ResourceResponder:
@@ -144,7 +240,9 @@ class ResourceResponder:
 
     async def start(self) -> None:
         nc = self._release.ctx.nc
-        self._sub = await nc.subscribe(schemas.RESOURCE_SUBJECT, queue=schemas.RESOURCE_QUEUE, cb=self._on_request)
+        self._sub = await nc.subscribe(
+            schemas.RESOURCE_SUBJECT, queue=schemas.RESOURCE_QUEUE, cb=self._on_request
+        )
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -175,15 +273,22 @@ class ResourceResponder:
             await self._reply(msg, schemas.Outcome("", "denied", "bus.undecodable", str(exc)))
             return
         if not isinstance(request, schemas.ResourceRequest):
-            await self._reply(msg, schemas.Outcome(request.meta.request_id, "denied", "bus.unexpected_message"))
+            await self._reply(
+                msg, schemas.Outcome(request.meta.request_id, "denied", "bus.unexpected_message")
+            )
             return
         if len(self._in_progress) > self._limit:
-            await self._reply(msg, schemas.Outcome(request.meta.request_id, "denied", "pipeline.unavailable", "release is busy"))
+            await self._reply(
+                msg,
+                schemas.Outcome(request.meta.request_id, "denied", "pipeline.unavailable", "release is busy"),
+            )
             return
         try:
             if is_sampled(msg.headers):
                 with tracer().start_as_current_span(
-                    "remits.release", context=extract_context(msg.headers), kind=SpanKind.CONSUMER,
+                    "remits.release",
+                    context=extract_context(msg.headers),
+                    kind=SpanKind.CONSUMER,
                     attributes={"remits.request_id": request.meta.request_id, "remits.stage": STAGE},
                 ):
                     outcome = await self._release.resource(request)
@@ -191,7 +296,9 @@ class ResourceResponder:
                 outcome = await self._release.resource(request)
         except Exception as exc:  # Redis unreachable and the like: the guest may retry
             log.error("resource.failed", error=repr(exc))
-            outcome = schemas.Outcome(request.meta.request_id, "denied", "pipeline.unavailable", "release failed")
+            outcome = schemas.Outcome(
+                request.meta.request_id, "denied", "pipeline.unavailable", "release failed"
+            )
         await self._reply(msg, outcome)
         self._times.processed += 1
         self._times.service.record((time.monotonic() - started) * 1000.0)
@@ -199,4 +306,6 @@ class ResourceResponder:
     async def _reply(self, msg: Msg, outcome: schemas.Outcome) -> None:
         if msg.reply:
             data = schemas.encode(outcome)
-            await self._release.ctx.nc.publish(msg.reply, data, headers=signed(self._release.ctx, msg.reply, data))
+            await self._release.ctx.nc.publish(
+                msg.reply, data, headers=signed(self._release.ctx, msg.reply, data)
+            )

@@ -20,7 +20,7 @@ from services.demo.fleet import DEMO_IMAGE_MEASUREMENT, DEMO_RESOURCE
 from services.runtime import Stack
 from shared.embedded import EmbeddedInfra
 from shared.metrics import LogHistogram
-from tests.conftest import stack_settings
+from tests.conftest import add_reference_values, put_resource, stack_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,8 +70,8 @@ async def bench(infra: EmbeddedInfra, tmp_path_factory: pytest.TempPathFactory) 
         stack = Stack(settings)
         await stack.start()
         for tee, name in (("sample", "measurement"), ("snp", "measurement"), ("tdx", "mr_td")):
-            await stack.store.add_reference_values(tee, name, [DEMO_IMAGE_MEASUREMENT.hex()])
-        await stack.store.put_resource(DEMO_RESOURCE, SECRET)
+            await add_reference_values(stack, tee, name, [DEMO_IMAGE_MEASUREMENT.hex()])
+        await put_resource(stack, DEMO_RESOURCE, SECRET)
         yield Bench(stack.gateway_url, ready["stats_url"], ready["reset_url"], cache, work)
     finally:
         if stack is not None:

@@ -17,11 +17,11 @@ from services.demo.client import GuestClient, p256_jwk
 from shared import credentials, schemas
 from shared.bus import ROUTE_HEADER, Publish, connect, route_header
 from shared.busauth import MAC_HEADER, BusAuth
-from shared.cache import Store
 from shared.ear import EarSigner, build_ear_claims, load_or_create_signing_key
 from shared.embedded import EmbeddedInfra
 from shared.resp import RedisError, RespClient
-from tests.conftest import RESOURCE, RunningStack, publisher_as
+from shared.trust import buckets
+from tests.conftest import RESOURCE, RunningStack, decisions_on_stream, publisher_as
 
 pytestmark = pytest.mark.integration
 
@@ -109,19 +109,22 @@ REDIS_REFUSED = {
     "intake": [("SMEMBERS", "remits:refval:sample:measurement"), ("HGETALL", "remits:session:x"), ("GET", "remits:resource:x")],
     "endorse": [("GET", "remits:resource:x"), ("SET", "remits:decision:x", "y")],
     "identity": [("GET", "remits:endorsement:x"), ("GET", "remits:resource:x")],
-    "measure": [("SADD", "remits:refval:sample:measurement", "ff"), ("GET", "remits:resource:x")],
+    # Reference values, policies and secrets live in JetStream now: measure and release need
+    # nothing of Redis beyond sessions and outcomes, and provision nothing at all.
+    "measure": [("SADD", "remits:refval:sample:measurement", "ff"), ("SMEMBERS", "remits:refval:sample:measurement"), ("GET", "remits:resource:x")],
     "decide": [("HGETALL", "remits:session:x"), ("GET", "remits:resource:x")],
-    # Release reads secrets but cannot write one (it has no SET at all).
-    "release": [("SET", "remits:resource:default/key/test", "attacker's"), ("SET", "remits:outcome:x", "y"), ("SMEMBERS", "remits:refval:x")],
+    "release": [("GET", "remits:resource:x"), ("SET", "remits:resource:default/key/test", "attacker's"), ("SET", "remits:outcome:x", "y"), ("SMEMBERS", "remits:refval:x")],
+    "provision": [("GET", "remits:resource:x"), ("HGETALL", "remits:session:x"), ("SET", "remits:x", "y")],
     "audit": [("GET", "remits:resource:x"), ("PING",)],
 }  # fmt: skip
 REDIS_ALLOWED = {
     "gateway": [("HGETALL", "remits:session:x"), ("HGET", "remits:outcome:x", "v")],
     "intake": [("GET", "remits:nonce:x")],
     "endorse": [("GET", "remits:endorsement:x"), ("PTTL", "remits:lock:x")],
-    "measure": [("SMEMBERS", "remits:refval:sample:measurement")],
+    "measure": [("PING",)],
     "decide": [("GET", "remits:decision:x")],
-    "release": [("GET", "remits:resource:x"), ("HGETALL", "remits:session:x")],
+    "release": [("HGETALL", "remits:session:x"), ("HGET", "remits:outcome:x", "v")],
+    "provision": [("PING",)],
 }
 
 
@@ -151,12 +154,8 @@ def forged_appraisal(session_id: str, nonce: str, tee_jwk: dict[str, str], reque
 
 
 async def _no_decision_for(rs: RunningStack, request_id: str) -> None:
-    info = await rs.stack.js.stream_info(schemas.DECISION_STREAM)
-    sub = await rs.stack.js.subscribe("remits.decision.>", ordered_consumer=True)
-    for _ in range(info.state.messages):
-        decision = schemas.decode_decision((await sub.next_msg(timeout=5)).data)
-        assert decision.meta.request_id != request_id, decision
-    await sub.unsubscribe()
+    for decision in await decisions_on_stream(rs.stack.js):
+        assert decision.meta.request_id != request_id, decision  # type: ignore[attr-defined]
 
 
 async def _session_and_cookie(rs: RunningStack) -> tuple[GuestClient, str, str]:
@@ -263,5 +262,6 @@ async def test_the_real_flow_still_attests_and_releases(running: RunningStack) -
 
     _, status, body = await attest(running, running.enroll())
     assert status == 200, body
-    store: Store = running.stack.store  # type: ignore[assignment]
-    assert await store.get_resource(RESOURCE) is not None
+    admin = running.stack.trust_admin
+    assert admin is not None
+    assert RESOURCE in [key for key, _, _ in await admin.entries(buckets.RESOURCES)]

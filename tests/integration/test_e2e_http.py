@@ -12,6 +12,7 @@ import pytest
 
 from services.demo.client import GuestClient, sample_evidence
 from shared.ear import load_or_create_signing_key, submod_status, tee_pubkey_from_claims, verify_ear
+from shared.trust import buckets
 from tests.conftest import RESOURCE, SECRET, RunningStack, start_stack
 
 pytestmark = pytest.mark.integration
@@ -26,6 +27,14 @@ async def attest_device(rs: RunningStack, device, *, tamper: bool = False):  # t
     body = client.attestation_body(nonce, sample_evidence(device, nonce, client.tee_pubkey, tamper=tamper))
     result = await client.attest(body)
     return client, body, result
+
+
+# A test resource policy that allows every token (to reach the "not found" answer).
+OPEN_RESOURCE_POLICY = """package remits.resource
+import rego.v1
+
+result := {"allow": true, "reason": "ok"}
+"""
 
 
 async def test_good_device_gets_affirming_token_and_its_secret(running: RunningStack) -> None:
@@ -53,6 +62,15 @@ async def test_good_device_gets_affirming_token_and_its_secret(running: RunningS
         by_bearer = await other.resource(RESOURCE, token=result.body["token"])
         assert by_bearer.status == 200 and other.decrypt(by_bearer.body) == SECRET
         await other.close()
+        # An absent resource is judged as one without a binding: a sample token is refused it as
+        # it would be any resource not enabled for the sample TEE (it learns nothing about what
+        # exists); a token the policy accepts is told it is not there.
+        missing = await client.resource("default/key/absent")
+        assert missing.status == 401 and "resource.sample_tee_not_enabled" in missing.body["detail"]
+        admin = running.stack.trust_admin
+        assert admin is not None
+        await admin.put_policy("resource", OPEN_RESOURCE_POLICY, "tests")
+        await running.stack.trust_synced()
         missing = await client.resource("default/key/absent")
         assert missing.status == 404 and "resource.not_found" in missing.body["detail"]
     finally:
@@ -178,12 +196,16 @@ async def test_bad_requests_get_4xx_with_a_reason_and_service_continues(running:
     await good_client.close()
 
 
-async def test_admin_api_is_closed_without_a_token(running: RunningStack) -> None:
+async def test_admin_api_is_off_without_admin_keys(running: RunningStack) -> None:
+    # No admin key configured: the admin API is off for everyone, whatever the request carries.
     async with aiohttp.ClientSession() as http:
-        async with http.post(running.url + "/kbs/v0/resource/a/b/c", data=b"x") as resp:
-            assert resp.status == 401
-            assert json.loads(await resp.read())["type"].endswith("/AdminAuth")
-    assert await running.stack.store.get_resource("a/b/c") is None
+        for headers in ({}, {"Authorization": "Bearer x.y.z"}):
+            async with http.post(running.url + "/kbs/v0/resource/a/b/c", data=b"x", headers=headers) as resp:
+                assert resp.status == 404
+                assert json.loads(await resp.read())["error"] == "admin.disabled"
+    admin = running.stack.trust_admin
+    assert admin is not None
+    assert "a/b/c" not in [key for key, _, _ in await admin.entries(buckets.RESOURCES)]
 
 
 async def test_secret_is_wrapped_to_an_rsa_tee_key(running: RunningStack) -> None:

@@ -25,7 +25,7 @@ from shared.bus import (
     parse_route,
     route_header,
 )
-from tests.conftest import RunningStack, publisher_as, start_stack
+from tests.conftest import RunningStack, decisions_on_stream, publisher_as, start_stack
 
 pytestmark = pytest.mark.integration
 WITHOUT_MEASURE = ("intake", "endorse", "identity", "decide", "release", "gateway", "audit")
@@ -54,15 +54,10 @@ async def outcomes_until(sub, wanted: set[str], timeout_s: float) -> dict[str, l
 
 async def decisions_for(rs: RunningStack, request_ids: set[str]) -> Counter[str]:
     """How many decisions each request has on the stream, read as the operator."""
-    js = rs.stack.js
-    info = await js.stream_info(schemas.DECISION_STREAM)
-    sub = await js.subscribe("remits.decision.>", ordered_consumer=True)
     seen: Counter[str] = Counter()
-    for _ in range(info.state.messages):
-        decision = schemas.decode_decision((await sub.next_msg(timeout=5)).data)
-        if decision.meta.request_id in request_ids:
-            seen[decision.meta.request_id] += 1
-    await sub.unsubscribe()
+    for decision in await decisions_on_stream(rs.stack.js):
+        if decision.meta.request_id in request_ids:  # type: ignore[attr-defined]
+            seen[decision.meta.request_id] += 1  # type: ignore[attr-defined]
     return seen
 
 

@@ -20,7 +20,7 @@ from services.demo.client import GuestClient, sample_evidence
 from shared import schemas
 from shared.bus import ROUTE_HEADER, route_header
 from shared.telemetry import DEFAULT_SAMPLE_RATIO, configure_tracing
-from tests.conftest import RunningStack, publisher_as, start_stack
+from tests.conftest import RunningStack, decisions_on_stream, publisher_as, start_stack
 
 pytestmark = pytest.mark.integration
 
@@ -46,15 +46,9 @@ def auth_session(client: GuestClient) -> str:
 
 async def decisions_by_session(rs: RunningStack) -> dict[str, list[schemas.Decision]]:
     """Every decision on the stream, read as the operator (the stack's admin connection)."""
-    js = rs.stack.js
-    info = await js.stream_info(schemas.DECISION_STREAM)
     found: dict[str, list[schemas.Decision]] = {}
-    sub = await js.subscribe("remits.decision.>", ordered_consumer=True)
-    for _ in range(info.state.messages):
-        msg = await sub.next_msg(timeout=5)
-        decision = schemas.decode_decision(msg.data)
-        found.setdefault(decision.meta.session_id, []).append(decision)
-    await sub.unsubscribe()
+    for decision in await decisions_on_stream(rs.stack.js):
+        found.setdefault(decision.meta.session_id, []).append(decision)  # type: ignore[attr-defined]
     return found
 
 
@@ -72,7 +66,8 @@ async def test_every_attestation_gets_one_audited_decision(running: RunningStack
     wanted = {s for s, _, _ in results}
     while time.monotonic() < deadline:
         lines = running.settings.audit_log_path.read_text().splitlines() if running.settings.audit_log_path.exists() else []
-        audited = {json.loads(line)["session_id"]: json.loads(line) for line in lines}
+        records = [json.loads(line) for line in lines]  # each a signed, chained envelope
+        audited = {r["event"]["session_id"]: r["event"] for r in records if r["kind"] == "decision"}
         if wanted <= set(audited):
             break
         await asyncio.sleep(0.1)

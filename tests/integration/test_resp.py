@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from shared.cache import ConfigWatch, ReferenceValueCache, Store
 from shared.embedded import ManagedServer, redis_server
 from shared.resp import RedisConnectionError, RedisEndpoint, RedisError, RespClient, Script
 
@@ -106,41 +105,3 @@ async def test_auth_from_the_url(tmp_path: Path) -> None:
             await RespClient.from_url(f"redis://:wrong@127.0.0.1:{server.port}/0").execute("PING")
     finally:
         server.stop()
-
-
-async def test_reference_values_follow_changes_without_a_restart(own_redis: ManagedServer) -> None:
-    store = Store.from_url(url(own_redis))
-    watch = ConfigWatch(RespClient.from_url(url(own_redis)))
-    cache = ReferenceValueCache(store, watch, max_age_s=3600)
-    watch.start()
-    try:
-        for _ in range(100):
-            if watch.live:
-                break
-            await asyncio.sleep(0.02)
-        assert watch.live
-        await store.add_reference_values("snp", "measurement", ["aa"])
-        await asyncio.sleep(0.1)
-        assert await cache.get("snp", ("measurement",)) == {"measurement": frozenset({"aa"})}
-        trips = store.client.round_trips
-        assert await cache.get("snp", ("measurement",)) == {"measurement": frozenset({"aa"})}
-        assert store.client.round_trips == trips  # served from memory
-        await store.add_reference_values("snp", "measurement", ["bb"])
-        for _ in range(100):
-            if (await cache.get("snp", ("measurement",)))["measurement"] == {"aa", "bb"}:
-                break
-            await asyncio.sleep(0.02)
-        assert (await cache.get("snp", ("measurement",)))["measurement"] == {"aa", "bb"}
-        # While the change channel is down nothing is cached: every read goes to Redis.
-        own_redis.stop()
-        for _ in range(200):
-            if not watch.live:
-                break
-            await asyncio.sleep(0.02)
-        assert not watch.live
-        own_redis.start()
-        await store.add_reference_values("snp", "measurement", ["cc"])
-        assert (await cache.get("snp", ("measurement",)))["measurement"] == {"cc"}
-    finally:
-        await watch.stop()
-        await store.close()

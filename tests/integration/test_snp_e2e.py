@@ -17,7 +17,7 @@ from services.demo.client import GuestClient, snp_evidence
 from services.demo.snp_sim import LocalAmdKds, SimulatedAmd, SimulatedSnpGuest
 from shared.ear import load_or_create_signing_key, submod_status, verify_ear
 from shared.kbs.binding import expected_report_data
-from tests.conftest import RESOURCE, SECRET, start_stack
+from tests.conftest import RESOURCE, SECRET, add_reference_values, start_stack
 
 pytestmark = pytest.mark.integration
 MEASUREMENT = hashlib.sha384(b"snp guest image").digest()
@@ -39,7 +39,7 @@ async def snp(infra, tmp_path, amd):  # type: ignore[no-untyped-def]
     kds = LocalAmdKds(amd)
     await kds.start()
     rs = await start_stack(infra, tmp_path / "data", snp_roots_dir=roots.parent, snp_kds_url=kds.base_url)
-    await rs.stack.store.add_reference_values("snp", "measurement", [MEASUREMENT.hex()])
+    await add_reference_values(rs.stack, "snp", "measurement", [MEASUREMENT.hex()])
     yield rs, kds
     await rs.stack.stop()
     await rs.kds.stop()

@@ -14,7 +14,7 @@ from services.demo.local_pcs import LocalPcs
 from services.demo.tdx_sim import SimulatedIntel, SimulatedTdxPlatform
 from shared.ear import load_or_create_signing_key, submod_status, verify_ear
 from shared.kbs.binding import expected_report_data
-from tests.conftest import RESOURCE, SECRET, start_stack
+from tests.conftest import RESOURCE, SECRET, add_reference_values, start_stack
 
 pytestmark = pytest.mark.integration
 MR_TD = hashlib.sha384(b"td image").digest()
@@ -32,7 +32,7 @@ async def tdx(infra, tmp_path, intel):  # type: ignore[no-untyped-def]
     pcs = LocalPcs.from_simulated(intel, delay_s=0.1)
     await pcs.start()
     rs = await start_stack(infra, tmp_path / "data", dcap_root_ca_path=root, dcap_pcs_url=pcs.base_url)
-    await rs.stack.store.add_reference_values("tdx", "mr_td", [MR_TD.hex()])
+    await add_reference_values(rs.stack, "tdx", "mr_td", [MR_TD.hex()])
     yield rs, pcs
     await rs.stack.stop()
     await rs.kds.stop()

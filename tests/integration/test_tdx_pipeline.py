@@ -16,7 +16,7 @@ import pytest
 
 from shared import schemas
 from shared.bus import Publish
-from tests.conftest import publisher_as, start_stack
+from tests.conftest import add_reference_values, publisher_as, start_stack
 
 pytestmark = pytest.mark.integration
 QUOTES = Path(__file__).resolve().parents[1] / "data" / "tdx" / "quotes"
@@ -70,7 +70,7 @@ async def run_case(rs, case: str, *, eventlog: bytes | None = None) -> schemas.O
 
 async def test_up_to_date_tdx_quote_is_affirmed_once_measured(dcap) -> None:  # type: ignore[no-untyped-def]
     case = "dcapqvl_tdx_quote"
-    await dcap.stack.store.add_reference_values("tdx", "mr_td", [expected(case)["mr_td"]])
+    await add_reference_values(dcap.stack, "tdx", "mr_td", [expected(case)["mr_td"]])
     outcome = await run_case(dcap, case)
     assert outcome.status == "affirming", outcome
     assert outcome.token
@@ -78,7 +78,7 @@ async def test_up_to_date_tdx_quote_is_affirmed_once_measured(dcap) -> None:  # 
 
 async def test_ccel_replay_runs_in_the_pipeline(dcap) -> None:  # type: ignore[no-untyped-def]
     case = "gotdx_cos113_ccel"
-    await dcap.stack.store.add_reference_values("tdx", "mr_td", [expected(case)["mr_td"]])
+    await add_reference_values(dcap.stack, "tdx", "mr_td", [expected(case)["mr_td"]])
     log = (QUOTES / case / "ccel" / "ccel_data.dat").read_bytes()
     assert (await run_case(dcap, case, eventlog=log)).status == "affirming"
     tampered = bytearray(log)
@@ -92,7 +92,7 @@ async def test_ccel_replay_runs_in_the_pipeline(dcap) -> None:  # type: ignore[n
 async def test_tcb_status_policy_decides(dcap) -> None:  # type: ignore[no-untyped-def]
     sgx = await run_case(dcap, "dcapqvl_sgx_quote")  # ConfigurationAndSWHardeningNeeded
     assert sgx.status == "rejected" and sgx.reason.startswith("policy.sgx.tcb_status"), sgx
-    await dcap.stack.store.add_reference_values("sgx", "accepted_tcb_status", ["UpToDate", "ConfigurationAndSWHardeningNeeded"])
+    await add_reference_values(dcap.stack, "sgx", "accepted_tcb_status", ["UpToDate", "ConfigurationAndSWHardeningNeeded"])
     accepted = await run_case(dcap, "dcapqvl_sgx_quote")
     assert accepted.status == "warning", accepted  # accepted, but not UpToDate
     unsupported = await run_case(dcap, "dcapqvl_tdx_quote_outdated")  # TcbNotSupported is never acceptable

@@ -29,8 +29,24 @@ def test_permissions_are_the_narrowest_each_component_needs() -> None:
         rules = perms[component]
         # Its own inbox space only, and no JetStream right beyond using its own consumer.
         assert [s for s in rules["subscribe"]["allow"] if s.startswith("_INBOX")] == [f"_INBOX_{component}.>"]
-        js = [s for s in rules["publish"]["allow"] if s.startswith("$JS.API")]
+        js = [s for s in rules["publish"]["allow"] if s.startswith("$JS.API") and ".KV_remits_" not in s]
         assert all(".CONSUMER.INFO." in s or ".CONSUMER.MSG.NEXT." in s or ".STREAM.MSG.GET." in s for s in js), js
+    # The trust configuration: read by the stages that apply it, written by provision alone.
+    readers = {
+        bucket: {c for c, p in perms.items() if f"$JS.API.DIRECT.GET.KV_{bucket}" in p["publish"]["allow"]}
+        for bucket in ("remits_policies", "remits_refvals", "remits_resources", "remits_revocations", "remits_admin_keys")
+    }
+    assert readers == {
+        "remits_policies": {"measure", "release", "provision"},
+        "remits_refvals": {"measure", "provision"},
+        "remits_resources": {"release", "provision"},
+        "remits_revocations": {"measure", "release", "provision"},
+        "remits_admin_keys": {"provision"},
+    }
+    writers = {c for c, p in perms.items() for s in p["publish"]["allow"] if s.startswith("$KV.")}
+    assert writers == {"provision"}
+    assert {c for c, p in perms.items() if schemas.ADMIN_REQUEST_SUBJECT in p["publish"]["allow"]} == {"gateway"}
+    assert perms["provision"]["subscribe"]["allow"].count(schemas.ADMIN_REQUEST_SUBJECT) == 1
     with pytest.raises(ValueError):
         credentials.nats_permissions("nobody")
 
@@ -43,7 +59,10 @@ def test_keys_go_to_exactly_the_accepted_senders() -> None:
 
 def test_redis_rules() -> None:
     release = credentials.redis_acl_line("release", "pw")
-    assert " +set" not in release and "+get" in release and "~remits:resource:*" in release  # reads secrets, writes none
+    # Secrets are no longer in Redis at all: release reaches sessions and outcomes only.
+    assert "resource" not in release and "refval" not in release and " +set " not in release
+    assert credentials.redis_acl_line("measure", "pw").endswith("-@all +ping")
+    assert credentials.redis_acl_line("provision", "pw").endswith("-@all +ping")
     assert credentials.redis_acl_line("admin", "pw").startswith("user default on #")
     assert "pw" not in release  # only the password's hash is in the ACL file
     assert "-@all" in credentials.redis_acl_line("identity", "pw")

@@ -1,0 +1,93 @@
+"""An immutable view of the trust configuration at one set of bucket revisions. Workers read a
+snapshot per request; a change builds a new one, swapped in whole (never half-updated)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import msgspec
+
+from shared import schemas
+from shared.telemetry import get_logger
+from shared.trust import buckets
+
+log = get_logger("remits.trust")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[R]):
+    key: str
+    revision: int
+    record: R
+
+    @property
+    def ref(self) -> str:
+        """How an appraisal names the record it rested on."""
+        return f"{self.key}@{self.revision}"
+
+
+# Raw bucket content: key -> (revision, value bytes). Deleted keys are absent.
+RawBucket = Mapping[str, tuple[int, bytes]]
+
+
+@dataclass(frozen=True)
+class TrustSnapshot:
+    policies: Mapping[str, Entry[schemas.PolicyRecord]] = field(default_factory=dict)
+    # (tee, name) -> every record for that reference name, in key order
+    refvals: Mapping[tuple[str, str], tuple[Entry[schemas.ReferenceValueRecord], ...]] = field(
+        default_factory=dict
+    )
+    resources: Mapping[str, Entry[schemas.ResourceRecord]] = field(default_factory=dict)
+    revocations: Mapping[tuple[str, str], Entry[schemas.RevocationRecord]] = field(default_factory=dict)
+    admin_keys: Mapping[str, Entry[schemas.AdminKeyRecord]] = field(default_factory=dict)
+    # Keys whose value did not decode: a broken policy must not silently become the default.
+    broken: frozenset[str] = frozenset()
+    # The last revision seen of each bucket (by bucket name): what replay rebuilds.
+    revisions: Mapping[str, int] = field(default_factory=dict)
+
+
+def _decode(bucket: buckets.Bucket, raw: RawBucket) -> tuple[dict[str, Entry[object]], set[str]]:
+    entries: dict[str, Entry[object]] = {}
+    broken: set[str] = set()
+    for key in sorted(raw):
+        revision, value = raw[key]
+        try:
+            entries[key] = Entry(key, revision, msgspec.json.decode(value, type=bucket.record))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error(
+                "trust.record_unreadable", bucket=bucket.name, key=key, revision=revision, error=str(exc)
+            )
+            broken.add(f"{bucket.name}:{key}")
+    return entries, broken
+
+
+def build_snapshot(raw: Mapping[str, RawBucket], revisions: Mapping[str, int]) -> TrustSnapshot:
+    """Pure: the snapshot of the given raw bucket contents (bucket name -> key -> value)."""
+    decoded: dict[str, dict[str, Entry[object]]] = {}
+    broken: set[str] = set()
+    for bucket in buckets.ALL:
+        entries, bad = _decode(bucket, raw.get(bucket.name, {}))
+        decoded[bucket.name] = entries
+        broken |= bad
+    refvals: dict[tuple[str, str], list[Entry[schemas.ReferenceValueRecord]]] = {}
+    for entry in decoded[buckets.REFVALS.name].values():
+        record = entry.record
+        assert isinstance(record, schemas.ReferenceValueRecord)
+        refvals.setdefault((record.tee, record.name), []).append(entry)  # type: ignore[arg-type]
+    revocations = {}
+    for entry in decoded[buckets.REVOCATIONS.name].values():
+        record = entry.record
+        assert isinstance(record, schemas.RevocationRecord)
+        revocations[(record.kind, record.value)] = entry
+    return TrustSnapshot(
+        policies=decoded[buckets.POLICIES.name],  # type: ignore[arg-type]
+        refvals={k: tuple(v) for k, v in refvals.items()},
+        resources=decoded[buckets.RESOURCES.name],  # type: ignore[arg-type]
+        revocations=revocations,  # type: ignore[arg-type]
+        admin_keys=decoded[buckets.ADMIN_KEYS.name],  # type: ignore[arg-type]
+        broken=frozenset(broken),
+        revisions=dict(revisions),
+    )
