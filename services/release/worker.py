@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -196,7 +197,9 @@ class Release:
                     "token": verified.policy_input(),
                     "resource": {"path": path, "binding": entry.record.binding if entry is not None else {}},
                     "revocations": revocation_input(revoked),
-                    "now": self.ctx.clock(),
+                    # Whole seconds, as the token's exp: an integer input takes rego-cpp's fast
+                    # input builder (floats go through its parser), and now < exp is unchanged.
+                    "now": math.floor(self.ctx.clock()),
                 }
             )
         except PolicyError as exc:

@@ -10,6 +10,7 @@ caller refuses rather than guessing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import threading
@@ -196,9 +197,14 @@ class PolicyCache:
         # Compiling takes milliseconds and happens once per version: holding the lock through it
         # is what makes "once" hold when two threads ask at the same time.
         self._lock = threading.Lock()
+        self._latest: dict[tuple[str, str, int], CompiledPolicy] = {}
         self.compilations = 0
 
     def get_or_compile(self, policy_id: str, kind: str, rego: str, revision: int = 0) -> CompiledPolicy:
+        # Per request the same stored revision comes back: find it without hashing its text.
+        known = self._latest.get((policy_id, kind, revision))
+        if known is not None and (known.rego is rego or known.rego == rego):
+            return known
         key = (policy_id, kind, hashlib.sha256(rego.encode()).hexdigest())
         with self._lock:
             entry = self._entries.get(key)
@@ -217,9 +223,13 @@ class PolicyCache:
                 raise PolicyError(entry.field, entry.detail, reason=entry.reason)
             if entry.revision != revision:
                 entry = self._entries[key] = replace(entry, revision=revision)
+            if len(self._latest) >= self._max:
+                self._latest.clear()
+            self._latest[(policy_id, kind, revision)] = entry
             return entry
 
 
+@functools.cache
 def default_policy_source(policy_id: str) -> str:
     """The text of the packaged default for ``policy_id`` (``attestation.<tee>`` or ``resource``)."""
     name = _DEFAULT_FILES.get(policy_id)

@@ -120,7 +120,7 @@ def revocation_input(entries: list[Entry[schemas.RevocationRecord]]) -> list[dic
             "kind": e.record.kind,
             "value": e.record.value,
             "reason": e.record.reason,
-            "revoked_at": e.record.revoked_at,
+            "revoked_at": int(e.record.revoked_at),  # whole seconds: see Release._judge
         }
         for e in entries
     ]

@@ -490,3 +490,31 @@ def test_explain() -> None:
     resource = default_policy("resource")
     lines = explain(resource, resource_request(), resource.evaluate(resource_request()))
     assert lines[1:] == ["resource: repo/type/tag", "decision: allow (ok)"]
+
+
+# --- answers kept per input ---------------------------------------------------------------------
+
+
+def test_a_pure_policy_answers_a_repeated_input_from_memory() -> None:
+    policy = compile_policy("attestation.sample", "attestation", default_policy_source("attestation.sample"))
+    program = policy._program
+    kept = len(program._results)  # type: ignore[arg-type]  # the compile-time probe's answer
+    first = policy.evaluate(attestation("sample"))
+    assert len(program._results) == kept + 1  # type: ignore[arg-type]
+    assert policy.evaluate(attestation("sample")) == first
+    assert len(program._results) == kept + 1  # type: ignore[arg-type]
+    # A different input is evaluated, not confused with the first.
+    revoked = attestation("sample", revocations=[{"kind": "measurement", "value": "aa", "reason": "r", "revoked_at": 1}])
+    assert policy.evaluate(revoked)["vector"]["executables"] == 96
+    assert len(program._results) == kept + 2  # type: ignore[arg-type]
+
+
+def test_a_policy_reading_the_clock_is_evaluated_every_time() -> None:
+    source = """package remits.resource
+import rego.v1
+
+result := {"allow": time.now_ns() > 0, "reason": "ok"}
+"""
+    policy = compile_policy("resource", "resource", source)
+    assert policy._program._results is None
+    assert policy.evaluate(resource_request()) == {"allow": True, "reason": "ok"}

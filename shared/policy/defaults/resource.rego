@@ -7,8 +7,9 @@
 #   input.token        the verified token: status ("affirming"|"warning"|"contraindicated"), tee,
 #                      iat, exp, jti, measurement (hex, or "" when the TEE has none) and claims
 #   input.resource     path ("repo/type/tag") and binding: tees, measurements, allow_sample
-#   input.revocations  revocations that apply to this token and were made after it was issued
-#   input.now          the current time, seconds since the epoch
+#   input.revocations  revocations that apply to this token: of the token itself, or of its
+#                      measurement, chip or FMSPC, whenever they were made
+#   input.now          the current time, whole seconds since the epoch
 #
 # Deny by default: each condition below is a rule that is false unless proven true, so missing or
 # malformed input denies rather than skips a check.
