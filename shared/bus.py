@@ -239,6 +239,34 @@ async def _ensure_consumer(js: JetStreamContext, stream: str, config: js_api.Con
     await js.add_consumer(stream, config=config)
 
 
+class QueueResponder:
+    """Answers requests on one subject in a queue group (shared by a component's replicas),
+    each in a task of its own; ``stop`` lets those in flight finish. Subclasses write ``_answer``."""
+
+    def __init__(self, nc: NATS, subject: str, queue: str) -> None:
+        self._nc, self._subject, self._queue = nc, subject, queue
+        self._sub: Any = None
+        self._in_progress: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._subject, queue=self._queue, cb=self._on_request)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):  # the connection may be closed already
+                await self._sub.unsubscribe()
+        if self._in_progress:
+            await asyncio.wait(self._in_progress, timeout=5)
+
+    async def _on_request(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._answer(msg))
+        self._in_progress.add(task)
+        task.add_done_callback(self._in_progress.discard)
+
+    async def _answer(self, msg: Msg) -> None:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class Publish:
     subject: str

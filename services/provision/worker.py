@@ -7,10 +7,7 @@ that a secret being provisioned never crosses the bus in clear."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 from joserfc import jwe
@@ -21,6 +18,7 @@ from services.common import StageContext, signed
 from services.provision.routes import AdminApi, Reply
 from shared import schemas
 from shared.adminauth import load_admin_keys
+from shared.bus import QueueResponder
 from shared.busauth import Unauthenticated
 from shared.sealing import KeyRing
 from shared.telemetry import get_logger
@@ -38,11 +36,12 @@ def open_relayed_body(sealed: str, relay_key: ECKey | None) -> bytes:
     return bytes(jwe.decrypt_compact(sealed, relay_key).plaintext or b"")
 
 
-class ProvisionService:
+class ProvisionService(QueueResponder):
     def __init__(
         self, ctx: StageContext, keyring: Callable[[], KeyRing] | None, relay_private_pem: str
     ) -> None:
         assert ctx.trust is not None
+        super().__init__(ctx.nc, schemas.ADMIN_REQUEST_SUBJECT, schemas.ADMIN_REQUEST_QUEUE)
         self.ctx = ctx
         settings = ctx.settings
         self.admin = TrustAdmin(ctx.js, ctx.publisher, keyring=keyring, clock=lambda: ctx.clock())
@@ -54,26 +53,10 @@ class ProvisionService:
             clock=lambda: ctx.clock(),
         )
         self._relay_key = ECKey.import_key(relay_private_pem) if relay_private_pem else None
-        self._sub: Any = None
-        self._in_progress: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._sub = await self.ctx.nc.subscribe(
-            schemas.ADMIN_REQUEST_SUBJECT, queue=schemas.ADMIN_REQUEST_QUEUE, cb=self._on_request
-        )
+        await super().start()
         log.info("provision.ready", admin_keys=len(self.api.configured_keys))
-
-    async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-        if self._in_progress:
-            await asyncio.wait(self._in_progress, timeout=5)
-
-    async def _on_request(self, msg: Msg) -> None:
-        task = asyncio.create_task(self._answer(msg))
-        self._in_progress.add(task)
-        task.add_done_callback(self._in_progress.discard)
 
     async def _answer(self, msg: Msg) -> None:
         try:

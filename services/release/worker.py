@@ -6,7 +6,6 @@ resource fetches, core NATS requests from the gateway answered directly (``Resou
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import re
@@ -22,7 +21,7 @@ from opentelemetry.trace import SpanKind
 
 from services.common import StageContext, notify_outcome, outcome_mac, outcome_of, signed
 from shared import schemas
-from shared.bus import Publish
+from shared.bus import Publish, QueueResponder
 from shared.busauth import Unauthenticated
 from shared.cache import TtlCache
 from shared.ear import CPU_SUBMOD, K_EVIDENCE, EarVerifier, submod_status, tee_pubkey_from_claims
@@ -229,37 +228,16 @@ class Release:
             ) from None
 
 
-class ResourceResponder:
+class ResourceResponder(QueueResponder):
     """Answers resource fetches on RESOURCE_SUBJECT (a queue group shared by every release
     replica). Over ``limit`` fetches in progress, it answers "unavailable" (the guest retries)
     rather than queueing without bound."""
 
     def __init__(self, release: Release, limit: int) -> None:
+        super().__init__(release.ctx.nc, schemas.RESOURCE_SUBJECT, schemas.RESOURCE_QUEUE)
         self._release = release
         self._limit = limit
-        self._in_progress: set[asyncio.Task[None]] = set()
-        self._sub: Any = None
         self._times = STATS.stage("release.resource")
-
-    async def start(self) -> None:
-        nc = self._release.ctx.nc
-        self._sub = await nc.subscribe(
-            schemas.RESOURCE_SUBJECT, queue=schemas.RESOURCE_QUEUE, cb=self._on_request
-        )
-
-    async def stop(self) -> None:
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:  # the connection may be closed already
-                pass
-        if self._in_progress:
-            await asyncio.wait(self._in_progress, timeout=5)
-
-    async def _on_request(self, msg: Msg) -> None:
-        task = asyncio.create_task(self._answer(msg))
-        self._in_progress.add(task)
-        task.add_done_callback(self._in_progress.discard)
 
     async def _answer(self, msg: Msg) -> None:
         started = time.monotonic()

@@ -1,40 +1,7 @@
 """The policy core: Rego attestation and resource policies, compiled once per version (rego-cpp via
 ``regopy``) and evaluated per request. Pure: no I/O beyond reading the packaged defaults."""
 
-from shared.policy.engine import (
-    ATTESTATION,
-    EVALUATION_FAILED,
-    INVALID,
-    KINDS,
-    PACKAGES,
-    REQUIRED_INPUT,
-    RESOURCE,
-    CompiledPolicy,
-    PolicyCache,
-    PolicyError,
-    check_result,
-    compile_policy,
-    default_policy,
-    default_policy_source,
-    explain,
-    kind_of,
-)
+from shared.policy import engine as _engine
+from shared.policy.engine import *  # noqa: F403  -- the engine's __all__ is this package's API
 
-__all__ = [
-    "ATTESTATION",
-    "EVALUATION_FAILED",
-    "INVALID",
-    "KINDS",
-    "PACKAGES",
-    "REQUIRED_INPUT",
-    "RESOURCE",
-    "CompiledPolicy",
-    "PolicyCache",
-    "PolicyError",
-    "check_result",
-    "compile_policy",
-    "default_policy",
-    "default_policy_source",
-    "explain",
-    "kind_of",
-]
+__all__ = list(_engine.__all__)

@@ -38,6 +38,7 @@ class TrustMirror:
         self._listeners: list[Callable[[], None]] = []
         self._check_every_s = check_every_s
         self._watchdog: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self.changed = asyncio.Event()  # set at each change (tests wait on it)
 
     async def start(self, timeout_s: float = 10.0) -> None:
@@ -79,8 +80,13 @@ class TrustMirror:
         ordered consumer can give up for good. A bucket that stays behind its stream for two
         checks in a row is subscribed to again, from the revision after the last one applied."""
         behind: dict[str, int] = {b.name: 0 for b in self._buckets}
-        while True:
-            await asyncio.sleep(self._check_every_s)
+        # Stopped by an event, not only by cancellation: nats-py turns a cancellation that lands
+        # inside a request into its own TimeoutError, which the loop below would survive.
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self._check_every_s)
+            if self._closing.is_set():
+                return
             for bucket in self._buckets:
                 try:
                     info = await self._js.stream_info(bucket.stream)
@@ -164,10 +170,10 @@ class TrustMirror:
         return self._snapshot
 
     async def stop(self) -> None:
+        self._closing.set()
         if self._watchdog is not None:
             self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+            await asyncio.wait([self._watchdog], timeout=5)
             self._watchdog = None
         for sub in self._subs.values():
             with contextlib.suppress(Exception):

@@ -236,3 +236,30 @@ async def test_secret_plaintext_is_never_in_redis_streams_or_files(audited: Runn
     for path in [*rs.settings.data_dir.rglob("*"), *(rs.infra.credentials_dir.parent).rglob("*")]:
         if path.is_file():
             assert not leaks(path.read_bytes()), path
+
+
+async def test_demo_leaves_a_trail_that_export_and_verify_read_after_it_stopped(tmp_path: Path) -> None:
+    """`remits demo --data-dir` keeps its trail; on the stopped stack's data directory, `audit
+    export` starts the embedded NATS on its store and `audit verify` checks file and stream."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMITS_")}
+    data = tmp_path / "demo"
+
+    async def remits(*argv: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", *argv, cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        return int(proc.returncode or 0), out.decode()
+
+    code, out = await remits("demo", "--fleet", "12", "--bad", "3", "--data-dir", str(data))
+    assert code == 0, out
+    records = [json.loads(line) for line in (data / "audit.jsonl").read_bytes().splitlines()]
+    assert sum(r["kind"] == "decision" for r in records) == 12 and records[-1]["kind"] == "checkpoint"
+    exported = tmp_path / "export.jsonl"
+    code, out = await remits("audit", "export", str(exported), "--data-dir", str(data))
+    assert code == 0, out
+    assert exported.read_bytes() == (data / "audit.jsonl").read_bytes()
+    for source in (str(exported), "--stream"):
+        code, out = await remits("audit", "verify", source, "--data-dir", str(data))
+        assert code == 0 and "intact" in out, out
