@@ -148,6 +148,9 @@ class Appraised(msgspec.Struct, omit_defaults=True):
     policy_digest: str = ""  # SHA-256 hex of the Rego source
     policy_revision: int = 0  # the policy's revision in its KV bucket
     reference_revisions: dict[str, str] = {}  # reference name -> "<record key>@<revision>" that matched
+    # Per compared reference name, what the check found: {"status": "matched" | "expired" |
+    # "different" | "absent" | "configured", "record": "<record key>@<revision>"} (why none matched).
+    references: dict[str, dict[str, str]] = {}
     # Each trust bucket's last revision the appraisal saw: replay rebuilds the buckets as they were.
     bucket_revisions: dict[str, int] = {}
     revocations: list[str] = []  # "<kind>:<value>" revocations that matched
@@ -371,6 +374,7 @@ class AuditRecord(msgspec.Struct, omit_defaults=True):
     policy_id: str = ""
     policy_digest: str = ""
     policy_revision: int = 0
+    references: dict[str, dict[str, str]] = {}
     reference_revisions: dict[str, str] = {}
     bucket_revisions: dict[str, int] = {}
     revocations: list[str] = []

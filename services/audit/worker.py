@@ -50,6 +50,7 @@ def audit_record(decision: schemas.Decision, stream_seq: int) -> schemas.AuditRe
         policy_digest=provenance.policy_digest if provenance else "",
         policy_revision=provenance.policy_revision if provenance else 0,
         reference_revisions=dict(provenance.reference_revisions) if provenance else {},
+        references=dict(provenance.references) if provenance else {},
         bucket_revisions=dict(provenance.bucket_revisions) if provenance else {},
         revocations=list(provenance.revocations) if provenance else [],
         verifier=provenance.verifier if provenance else "",

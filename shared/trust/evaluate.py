@@ -84,6 +84,7 @@ def appraise(
         policy_digest=policy.digest,
         policy_revision=policy.revision,
         reference_revisions=references.used,
+        references=references.report,
         revocations=[f"{e.record.kind}:{e.record.value}" for e in revoked],
         bucket_revisions={
             name: snapshot.revisions.get(name, 0)

@@ -172,6 +172,10 @@ async def test_replay_gives_the_same_decision_then_shows_a_policy_change(audited
     report = json.loads(capsys.readouterr().out)
     assert report["result"] == "same" and report["recorded"]["status"] == "affirming"
     assert report["policy"]["id"] == "attestation.sample" and report["policy"]["revision"] == 0
+    # Which reference record the measurement matched is part of the decision's record.
+    matched = report["recorded"]["provenance"]["references"]["measurement"]
+    assert matched["status"] == "matched" and matched["record"].startswith("sample.measurement.")
+    assert report["replayed"]["reference"]["measurement"] == matched
 
     admin = rs.stack.trust_admin
     assert admin is not None

@@ -17,7 +17,7 @@ from shared import schemas
 from shared.adminauth import generate_admin_keypair, sign_admin_token
 from shared.ear import submod_status, verify_ear
 from shared.trust import buckets
-from tests.conftest import GOOD_MEASUREMENT, RESOURCE, SECRET, RunningStack, start_stack
+from tests.conftest import GOOD_MEASUREMENT, RESOURCE, SECRET, RunningStack, decisions_on_stream, start_stack
 
 pytestmark = pytest.mark.integration
 
@@ -130,6 +130,10 @@ async def test_expired_reference_value_does_not_match(running: RunningStack) -> 
     client, result = await attest(running, other)
     assert result.status == 401 and result.reason == "measurement.reference_expired", result.body
     await client.close()
+    # The decision records why no reference value matched.
+    decision = (await decisions_on_stream(running.stack.js))[-1]
+    assert decision.reason == "measurement.reference_expired"  # type: ignore[attr-defined]
+    assert decision.provenance.references["measurement"]["status"] == "expired"  # type: ignore[attr-defined]
     # The unexpired record of the good image still matches.
     client, result = await attest(running)
     assert result.status == 200
