@@ -43,7 +43,9 @@ from shared.connections import (
 )
 from shared.ear import load_or_create_signing_key
 from shared.fetch import EndorsementFetcher
+from shared.platforms.azure.platform import AzureVtpmPlatform
 from shared.platforms.base import Platform
+from shared.platforms.gcp.platform import GcpVtpmPlatform
 from shared.platforms.sample.pki import VendorPKI
 from shared.platforms.sample.platform import SamplePlatform
 from shared.platforms.snp.abi import Product
@@ -51,6 +53,7 @@ from shared.platforms.snp.certs import AmdRoots, load_roots, pinned_roots
 from shared.platforms.snp.platform import SnpPlatform
 from shared.platforms.tdx import pinned_root_der
 from shared.platforms.tdx.platform import DcapPlatform
+from shared.platforms.tpm.platform import TpmPlatform
 from shared.policy.engine import PolicyCache
 from shared.stats import StatsResponder
 from shared.telemetry import configure_logging, configure_tracing, get_logger
@@ -96,10 +99,15 @@ def build_platforms(settings: Settings) -> dict[str, Platform]:
         tee: DcapPlatform(tee, intel_root, settings.dcap_pcs_url, require_crls=settings.dcap_require_crls)
         for tee in ("tdx", "sgx")
     }
+    snp = SnpPlatform(snp_roots(settings), settings.snp_kds_url)
     return {
         "sample": SamplePlatform(pki.root_cert, settings.sample_kds_url),
-        "snp": SnpPlatform(snp_roots(settings), settings.snp_kds_url),
+        "snp": snp,
         **dcap,
+        "tpm": TpmPlatform("tpm"),
+        # Azure's paravisor vTPMs: the hardware layer is verified by the SNP and DCAP platforms.
+        **{tee: AzureVtpmPlatform(tee, snp, dcap["tdx"]) for tee in ("az-snp-vtpm", "az-tdx-vtpm")},
+        "gcp-vtpm": GcpVtpmPlatform("gcp-vtpm", settings.gcp_ak_roots_path),
     }
 
 

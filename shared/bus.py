@@ -250,6 +250,8 @@ class QueueResponder:
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._subject, queue=self._queue, cb=self._on_request)
+        # Ready means the server has the subscription: a request sent right after must find it.
+        await self._nc.flush()
 
     async def stop(self) -> None:
         if self._sub is not None:

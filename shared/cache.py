@@ -53,6 +53,26 @@ redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return 'ok'
 """)
 
+# A TPM's (reset count, restart count, clock) only moves forward: compared as a tuple, component
+# by component, with the last accepted value kept per attestation key. Equal is accepted (a
+# redelivered message is checked again); 1, 2 or 3 names the first component that went back.
+_ADVANCE_TPM_CLOCK = Script("""
+local cur = redis.call('GET', KEYS[1])
+local new = {tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])}
+if cur then
+  local r, s, c = string.match(cur, '^(%d+):(%d+):(%d+)$')
+  if r then
+    local old = {tonumber(r), tonumber(s), tonumber(c)}
+    for i = 1, 3 do
+      if new[i] > old[i] then break end
+      if new[i] < old[i] then return i end
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2] .. ':' .. ARGV[3], 'PX', ARGV[4])
+return 0
+""")
+
 _RELEASE_LOCK = Script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -133,6 +153,18 @@ class Store:
 
     async def get_session(self, session_id: str) -> Session | None:
         return _session_from_hash(session_id, await self.client.execute("HGETALL", f"{_PREFIX}session:{session_id}"))
+
+    async def advance_tpm_clock(
+        self, ak_sha256: str, reset_count: int, restart_count: int, clock: int, ttl_s: float
+    ) -> int:
+        """Record a TPM's clock state unless it goes back; 0 when accepted, else 1 (reset count),
+        2 (restart count) or 3 (clock): the first component lower than the last accepted one."""
+        raw = await self.client.run_script(
+            _ADVANCE_TPM_CLOCK,
+            [f"{_PREFIX}tpm-clock:{ak_sha256}"],
+            [reset_count, restart_count, clock, int(ttl_s * 1000)],
+        )
+        return int(raw)
 
     async def consume_nonce(
         self, nonce: str, session_id: str, request_id: str, now: float | None = None

@@ -134,7 +134,8 @@ REDIS_RULES: Mapping[str, str] = {
     "gateway": "~remits:session:* ~remits:nonce:* ~remits:outcome:* +hset +pexpire +set +hgetall +hget +ping",
     "intake": "~remits:nonce:* ~remits:nonce-used:* +evalsha +eval +get +del +set +ping",
     "endorse": "~remits:endorsement:* ~remits:lock:* +get +set +pttl +del +evalsha +eval +ping",
-    "identity": "+ping",
+    # The last clock state of each TPM attestation key (clock monotonicity), nothing else.
+    "identity": "~remits:tpm-clock:* +get +set +evalsha +eval +ping",
     "measure": "+ping",
     "decide": "~remits:decision:* +set +get +ping",
     "release": "~remits:session:* ~remits:outcome:* +hset +hget +hgetall +pexpire +evalsha +eval +ping",

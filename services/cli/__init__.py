@@ -7,10 +7,36 @@ import argparse
 import asyncio
 import sys
 
-from services.cli import adminkeys, audit, bench, bench_verify, creds, demo, policy, provision, serve, verify
+from services.cli import (
+    adminkeys,
+    audit,
+    bench,
+    bench_verify,
+    creds,
+    demo,
+    eventlog,
+    policy,
+    provision,
+    serve,
+    tpm,
+    verify,
+)
 from services.cli.common import settings_from_args
 
-_GROUPS = (serve, creds, demo, bench, bench_verify, verify, audit, policy, provision, adminkeys)
+_GROUPS = (
+    serve,
+    creds,
+    demo,
+    bench,
+    bench_verify,
+    verify,
+    eventlog,
+    tpm,
+    audit,
+    policy,
+    provision,
+    adminkeys,
+)
 
 # Kept under its old name: scripts and tests build Settings from parsed flags with it.
 _settings = settings_from_args

@@ -155,6 +155,8 @@ def server_environment(settings: Settings) -> dict[str, str]:
         env["REMITS_SNP_ROOTS_DIR"] = str(settings.snp_roots_dir)
     if settings.dcap_root_ca_path is not None:
         env["REMITS_DCAP_ROOT_CA_PATH"] = str(settings.dcap_root_ca_path)
+    if settings.gcp_ak_roots_path is not None:
+        env["REMITS_GCP_AK_ROOTS_PATH"] = str(settings.gcp_ak_roots_path)
     return env
 
 

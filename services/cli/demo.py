@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     demo = sub.add_parser("demo", help="run a simulated fleet through the HTTP KBS flow")
     demo.add_argument("--fleet", type=int, default=50)
     demo.add_argument("--bad", type=int, default=5)
-    demo.add_argument("--tee", default="sample", choices=["sample", "snp", "tdx"])
+    demo.add_argument("--tee", default="sample", choices=["sample", "snp", "tdx", "tpm", "az-snp-vtpm", "gcp-vtpm"])
     demo.add_argument("--json", action="store_true", help="one JSON object on stdout")
     demo.add_argument("--concurrency", type=int, default=100)
     demo.add_argument("--processes", type=int, default=1, help="server processes (0: in this process)")
@@ -46,7 +46,8 @@ async def simulated_vendor(args: argparse.Namespace, settings: Settings):  # typ
     """The simulated vendor whose guests the fleet runs, and the settings that trust it."""
     from services.demo.fleet import SampleFleet, SnpFleet
 
-    if args.tee == "snp":
+    if args.tee in ("snp", "az-snp-vtpm"):
+        from services.demo.fleet import AzureSnpFleet
         from services.demo.snp_sim import LocalAmdKds, SimulatedAmd
 
         vendor = await asyncio.to_thread(SimulatedAmd.generate, "Milan")
@@ -59,7 +60,15 @@ async def simulated_vendor(args: argparse.Namespace, settings: Settings):  # typ
         kds = LocalAmdKds(vendor)
         await kds.start()
         extra = {"snp_roots_dir": roots.parent, "snp_kds_url": kds.base_url}
-        return SnpFleet(kds), kds, extra
+        return (AzureSnpFleet(kds) if args.tee == "az-snp-vtpm" else SnpFleet(kds)), kds, extra
+    if args.tee == "gcp-vtpm":
+        from services.demo.fleet import GcpFleet
+        from services.demo.gcp_sim import SimulatedGoogleCa
+
+        ca = await asyncio.to_thread(SimulatedGoogleCa.generate)
+        roots = settings.data_dir / "gcp-test-roots.pem"
+        roots.write_bytes(ca.roots_pem())
+        return GcpFleet(ca), _NoVendor(), {"gcp_ak_roots_path": roots}
     if args.tee == "tdx":
         from services.demo.fleet import TdxFleet
         from services.demo.local_pcs import LocalPcs
@@ -71,8 +80,21 @@ async def simulated_vendor(args: argparse.Namespace, settings: Settings):  # typ
         pcs_server = LocalPcs.from_simulated(intel)
         await pcs_server.start()
         return TdxFleet(intel), pcs_server, {"dcap_root_ca_path": root, "dcap_pcs_url": pcs_server.base_url}
+    if args.tee == "tpm":
+        from services.demo.fleet import TpmFleet
+
+        fleet = TpmFleet(args.fleet)
+        await asyncio.to_thread(fleet.prepare)
+        return fleet, _NoVendor(), {}
     pki, kds = await start_local_kds(settings)
     return SampleFleet(pki, kds), kds, {"sample_kds_url": kds.base_url}
+
+
+class _NoVendor:
+    """A plain TPM's trust is the operator's AK registry: there is no vendor server to run."""
+
+    async def stop(self) -> None:
+        return None
 
 
 @contextlib.asynccontextmanager

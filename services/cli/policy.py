@@ -76,7 +76,12 @@ async def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _guess_tee(claims: dict[str, Any]) -> str:
-    for tee in ("snp", "tdx", "sgx", "sample"):
+    # The vTPM TEEs carry claims of several layers (snp.*, tpm.*, azure.*): the most specific first.
+    if any(k.startswith("azure.") for k in claims):
+        return "az-tdx-vtpm" if any(k.startswith("tdx.") for k in claims) else "az-snp-vtpm"
+    if any(k.startswith("gcp.") for k in claims):
+        return "gcp-vtpm"
+    for tee in ("snp", "tdx", "sgx", "tpm", "sample"):
         if any(k.startswith(f"{tee}.") for k in claims):
             return tee
     return ""

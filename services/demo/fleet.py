@@ -10,15 +10,18 @@ import math
 import statistics
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiohttp
 
+from services.demo.azure_sim import SimulatedAzureCvm, az_snp_vtpm_evidence
 from services.demo.client import GuestClient, sample_evidence, snp_evidence
+from services.demo.gcp_sim import Instance, SimulatedGceVm, SimulatedGoogleCa, gcp_vtpm_evidence
 from services.demo.snp_sim import LocalAmdKds, SimulatedSnpGuest
 from services.demo.tdx_sim import SimulatedIntel, SimulatedTdxPlatform
+from services.demo.tpm_sim import SimulatedTpm, tpm_evidence
 from shared.ear import submod_status
 from shared.kbs.binding import expected_report_data
 from shared.platforms.sample.endorsement_server import LocalEndorsementServer
@@ -120,11 +123,118 @@ class TdxFleet:
         return {"cc_eventlog": None, "quote": base64.b64encode(bytes(quote)).decode()}
 
 
+@dataclass
+class TpmFleet:
+    """Simulated TPM nodes (software AKs signing real TPMS_ATTEST quotes over a measured boot).
+    Each node's AK is registered before the run, as an operator enrols machines; an "unknown
+    device" is a node nobody registered, a "wrong measurement" one booted another kernel."""
+
+    size: int
+    tee: str = "tpm"
+    reference_name: str = "pcr4"
+    _pool: list[SimulatedTpm] = field(default_factory=list)
+
+    def prepare(self) -> None:
+        """Create and boot the registered nodes (ECDSA P-256 AKs: quick to generate)."""
+        for _ in range(self.size):
+            node = SimulatedTpm.create("ecc")
+            node.boot()
+            self._pool.append(node)
+
+    def references(self) -> list[tuple[str, str, list[str]]]:
+        approved = SimulatedTpm.create("ecc")
+        approved.boot()
+        nodes = [("ak", f"node-{i}", [node.ak_fingerprint()]) for i, node in enumerate(self._pool)]
+        return [*nodes, ("pcr4", "", [approved.pcrs[4].hex()])]
+
+    def new_guest(self, kind: str) -> SimulatedTpm:
+        if kind == "unknown_device" or not self._pool:
+            node = SimulatedTpm.create("ecc")
+            node.boot()
+            return node
+        node = self._pool.pop()
+        if kind == "wrong_measurement":
+            node.reboot()
+            node.boot(kernel=b"a kernel nobody approved")
+        return node
+
+    def evidence(self, guest: SimulatedTpm, nonce: str, tee_pubkey: dict[str, str], *, tamper: bool) -> Any:
+        doc = tpm_evidence(guest, nonce, tee_pubkey)
+        if tamper:  # one bit of the quote's signature
+            signature = bytearray(base64.b64decode(doc["tpm_quote"]["signature"]))
+            signature[-1] ^= 0x01
+            doc["tpm_quote"]["signature"] = base64.b64encode(bytes(signature)).decode()
+        return doc
+
+
+DEMO_PCR0 = hashlib.sha256(b"remits demo firmware v1").digest()
+
+
+@dataclass
+class AzureSnpFleet:
+    """Simulated Azure SNP CVMs: a paravisor's HCL report (the vTPM's AK in its var data) bound
+    into an SNP report of the simulated AMD vendor, and a vTPM quote over the PCRs. An "unknown
+    device" is a CVM whose var data the SNP report does not commit to (an AK from anywhere)."""
+
+    kds: LocalAmdKds
+    tee: str = "az-snp-vtpm"
+    reference_name: str = "measurement"
+
+    def references(self) -> list[tuple[str, str, list[str]]]:
+        return [("measurement", "", [DEMO_IMAGE_MEASUREMENT.hex()]), ("pcr0", "", [DEMO_PCR0.hex()])]
+
+    def new_guest(self, kind: str) -> tuple[SimulatedAzureCvm, str]:
+        measurement = OTHER_IMAGE_MEASUREMENT if kind == "wrong_measurement" else DEMO_IMAGE_MEASUREMENT
+        cvm = SimulatedAzureCvm.create(self.kds.vendor, measurement, pcr0=DEMO_PCR0)
+        return cvm, "unbound" if kind == "unknown_device" else ""
+
+    def evidence(self, guest: tuple[SimulatedAzureCvm, str], nonce: str, tee_pubkey: dict[str, str], *, tamper: bool) -> Any:
+        cvm, how = guest
+        return az_snp_vtpm_evidence(cvm, nonce, tee_pubkey, tamper="quote_signature" if tamper else how)
+
+
+@dataclass
+class GcpFleet:
+    """Simulated GCE VMs: a software AK with an AK certificate from a simulated Google EK/AK CA
+    (instance information included), quotes over three PCR banks and a measured-boot log. An
+    "unknown device" holds a certificate from another CA, a "wrong measurement" other firmware."""
+
+    ca: SimulatedGoogleCa
+    tee: str = "gcp-vtpm"
+    reference_name: str = "pcr0"
+    _stranger: SimulatedGoogleCa | None = None
+
+    def references(self) -> list[tuple[str, str, list[str]]]:
+        approved = SimulatedGceVm.create(self.ca, Instance(project_id="remits-demo"))
+        return [("pcr0", "", [approved.pcr(0).hex()]), ("project_id", "", ["remits-demo"])]
+
+    def new_guest(self, kind: str) -> SimulatedGceVm:
+        if kind == "unknown_device":
+            self._stranger = self._stranger or SimulatedGoogleCa.generate("Someone else's CA")
+            return SimulatedGceVm.create(self._stranger, Instance(project_id="remits-demo"))
+        firmware = b"unapproved firmware" if kind == "wrong_measurement" else b"remits demo firmware"
+        return SimulatedGceVm.create(self.ca, Instance(project_id="remits-demo"), firmware=firmware)
+
+    def evidence(self, guest: SimulatedGceVm, nonce: str, tee_pubkey: dict[str, str], *, tamper: bool) -> Any:
+        attestation = bytearray(gcp_vtpm_evidence(guest, nonce, tee_pubkey))
+        if tamper:  # one bit of the AK certificate's signature, at the end of its DER
+            cert_end = attestation.find(guest.ak_cert_der) + len(guest.ak_cert_der)
+            attestation[cert_end - 1] ^= 0x01
+        return base64.b64encode(bytes(attestation)).decode()
+
+
 async def provision(admin: TrustAdmin, platform: FleetTee, secret: bytes) -> None:
     """The demo image's measurement and the demo secret, bound to the demo's TEE (the sample TEE
     gets resources only because the demo enables it for its own)."""
     actor = "remits demo"
-    await admin.put_reference_value(platform.tee, platform.reference_name, [DEMO_IMAGE_MEASUREMENT.hex()], actor)
+    references = getattr(platform, "references", None)
+    provisioned = (
+        references()
+        if references is not None
+        else [(platform.reference_name, "", [DEMO_IMAGE_MEASUREMENT.hex()])]
+    )
+    for name, record_id, values in provisioned:
+        await admin.put_reference_value(platform.tee, name, values, actor, record_id=record_id)
     binding: dict[str, Any] = {"tees": [platform.tee]}
     if platform.tee == "sample":
         binding["allow_sample"] = True

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from services.common import StageContext, next_stage, reject
 from shared import schemas
 from shared.bus import Publish
-from shared.errors import RemitsError
+from shared.errors import RemitsError, VerificationError
+from shared.platforms.tpm.validate import CLOCK_REGRESSED, RESET_COUNT_REGRESSED, RESTART_COUNT_REGRESSED
 
 STAGE = "identity"
 
@@ -27,6 +29,9 @@ def make_handler(ctx: StageContext):
             )
         except RemitsError as err:
             return [reject(message.meta, STAGE, err)]
+        regressed = await _tpm_clock_regression(ctx, claims)
+        if regressed is not None:
+            return [reject(message.meta, STAGE, regressed)]
         verified = schemas.VerifiedEvidence(
             meta=message.meta,
             runtime_data_claims=message.runtime_data_claims,
@@ -36,3 +41,25 @@ def make_handler(ctx: StageContext):
         return [next_stage("measure", verified, STAGE)]
 
     return handle
+
+
+# How long a TPM's last clock state is remembered: a key quiet for longer starts afresh.
+TPM_CLOCK_MEMORY_S = 30 * 86400.0
+_CLOCK_CHECKS = {1: RESET_COUNT_REGRESSED, 2: RESTART_COUNT_REGRESSED, 3: CLOCK_REGRESSED}
+
+
+async def _tpm_clock_regression(ctx: StageContext, claims: dict[str, Any]) -> VerificationError | None:
+    """For evidence signed by a TPM: its clock, reset and restart counts must not go back from
+    the last verified quote of the same attestation key (a replayed or rolled-back TPM state)."""
+    ak = claims.get("tpm.ak.sha256")
+    if not isinstance(ak, str) or "tpm.clock" not in claims:
+        return None
+    state = (claims["tpm.reset_count"], claims["tpm.restart_count"], claims["tpm.clock"])
+    code = await ctx.store.advance_tpm_clock(ak, *state, ttl_s=TPM_CLOCK_MEMORY_S)
+    if code == 0:
+        return None
+    return VerificationError(
+        _CLOCK_CHECKS.get(code, CLOCK_REGRESSED),
+        f"(reset, restart, clock) {state} is behind the last verified quote of this key",
+    )
+

@@ -18,13 +18,14 @@ import msgspec
 
 from shared import schemas
 from shared.adminauth import AdminAuthError, AdminKey, AdminKeyError, load_admin_key, verify_admin_token
+from shared.kbs.wire import ATTESTED_TEES
 from shared.manifest import ManifestError, verify_manifest
 from shared.policy.engine import default_policy_source
 from shared.trust import buckets
 from shared.trust.admin import AdminError, TrustAdmin
 from shared.trust.snapshot import TrustSnapshot
 
-KNOWN_TEES = ("sample", "snp", "tdx", "sgx")
+KNOWN_TEES = ATTESTED_TEES
 _json = msgspec.json.Encoder(order="sorted")
 
 

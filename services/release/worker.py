@@ -27,6 +27,7 @@ from shared.cache import TtlCache
 from shared.ear import CPU_SUBMOD, K_EVIDENCE, EarVerifier, submod_status, tee_pubkey_from_claims
 from shared.errors import RemitsError, VerificationError
 from shared.jwe import wrap_secret
+from shared.kbs.wire import ATTESTED_TEES
 from shared.policy.engine import PolicyError
 from shared.sealing import KeyRing, SealingError, unseal
 from shared.stats import STATS
@@ -72,7 +73,7 @@ class VerifiedToken:
 def _workload(claims: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The TEE and its claims from a token's annotated evidence (where decide put them)."""
     annotated = claims.get("submods", {}).get(CPU_SUBMOD, {}).get(K_EVIDENCE, {})
-    for tee in ("snp", "tdx", "sgx", "sample"):
+    for tee in ATTESTED_TEES:
         if isinstance(annotated.get(tee), dict):
             return tee, annotated[tee]
     return "", {}

@@ -30,14 +30,16 @@ KNOWN_TEES: Final = frozenset(
         "csv",
         "se",
         "tpm",
+        "gcp-vtpm",  # REMITS's name for go-tpm-tools attestations of Google Cloud vTPMs
         "nvidia",
         "hygondcu",
         "sample",
         "sampledevice",
     }
 )
-# TEEs this service has a verifier for; grows as verifiers land ("snp", "tdx").
-SUPPORTED_TEES: Final = frozenset({"sample", "snp", "tdx", "sgx"})
+# TEEs this service has a verifier for, in one order everything that lists them uses.
+ATTESTED_TEES: Final = ("sample", "snp", "tdx", "sgx", "tpm", "az-snp-vtpm", "az-tdx-vtpm", "gcp-vtpm")
+SUPPORTED_TEES: Final = frozenset(ATTESTED_TEES)
 
 ERROR_TYPE_PREFIX: Final = "https://github.com/confidential-containers/kbs/errors/"
 # Variants the reference server emits; clients switch on them, so keep the same names.

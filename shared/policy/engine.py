@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Any, Final
 
 from shared.ear import TRUST_CLAIMS
+from shared.kbs.wire import ATTESTED_TEES
 from shared.policy.errors import EVALUATION_FAILED, INVALID, PolicyError
 from shared.policy.explain import explain
 from shared.policy.paths import InputPaths, input_paths, prune, strip_comments
@@ -47,10 +48,7 @@ _RESULT_KEYS: Final = {
 _CLAIMS: Final = frozenset(TRUST_CLAIMS)
 
 _DEFAULT_FILES: Final = {
-    "attestation.sample": "attestation_sample.rego",
-    "attestation.snp": "attestation_snp.rego",
-    "attestation.tdx": "attestation_tdx.rego",
-    "attestation.sgx": "attestation_sgx.rego",
+    **{f"attestation.{tee}": f"attestation_{tee.replace('-', '_')}.rego" for tee in ATTESTED_TEES},
     "resource": "resource.rego",
 }
 _PACKAGE_LINE = re.compile(r"^\s*package\s+(\S+)", re.MULTILINE)

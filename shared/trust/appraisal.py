@@ -22,6 +22,12 @@ from typing import Any
 from shared import schemas
 from shared.trust.snapshot import Entry, TrustSnapshot
 
+_TPM_COMPARED: Mapping[str, str] = {
+    **{f"pcr{i}": f"tpm.pcr.sha256.{i}" for i in range(24)},
+    "kernel_digest": "eventlog.kernel_digest",
+    "secure_boot": "eventlog.secure_boot",
+}
+
 # Reference names compared with a claim of the evidence, per TEE: name -> claim.
 COMPARED_CLAIMS: Mapping[str, Mapping[str, str]] = {
     "sample": {"measurement": "sample.measurement"},
@@ -33,6 +39,13 @@ COMPARED_CLAIMS: Mapping[str, Mapping[str, str]] = {
         "mr_seam": "tdx.quote.body.mr_seam",
     },
     "sgx": {"mr_enclave": "sgx.quote.body.mr_enclave", "mr_signer": "sgx.quote.body.mr_signer"},
+    # TPM-based TEEs: PCRs of the SHA-256 bank and what a replayed measured-boot log says. For a
+    # plain TPM, "ak" is the registry: the SHA-256 of each registered AK's SubjectPublicKeyInfo
+    # (record id = the node's name); a quote by any other AK is refused.
+    "tpm": {"ak": "tpm.ak.sha256", **_TPM_COMPARED},
+    "az-snp-vtpm": {"measurement": "snp.measurement", "host_data": "snp.host_data", **_TPM_COMPARED},
+    "az-tdx-vtpm": {"mr_td": "tdx.quote.body.mr_td", **_TPM_COMPARED},
+    "gcp-vtpm": {"project_id": "gcp.project_id", **_TPM_COMPARED},
 }
 
 # Claims a revocation of each kind is matched against, per TEE.
@@ -41,6 +54,11 @@ REVOCATION_CLAIMS: Mapping[str, Mapping[str, str]] = {
     "snp": {"measurement": "snp.measurement", "chip_id": "snp.chip_id"},
     "tdx": {"measurement": "tdx.quote.body.mr_td", "fmspc": "tdx.fmspc"},
     "sgx": {"measurement": "sgx.quote.body.mr_enclave", "fmspc": "sgx.fmspc"},
+    # A TPM's identity is its attestation key: revoking "chip_id" <AK SHA-256> revokes the node.
+    "tpm": {"chip_id": "tpm.ak.sha256"},
+    "az-snp-vtpm": {"measurement": "snp.measurement", "chip_id": "snp.chip_id"},
+    "az-tdx-vtpm": {"measurement": "tdx.quote.body.mr_td", "fmspc": "tdx.fmspc"},
+    "gcp-vtpm": {"chip_id": "tpm.ak.sha256"},
 }
 
 

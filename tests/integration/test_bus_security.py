@@ -108,7 +108,7 @@ REDIS_REFUSED = {
     "gateway": [("GET", "remits:resource:default/key/test"), ("SET", "remits:resource:x", "y"), ("SMEMBERS", "remits:refval:sample:measurement")],
     "intake": [("SMEMBERS", "remits:refval:sample:measurement"), ("HGETALL", "remits:session:x"), ("GET", "remits:resource:x")],
     "endorse": [("GET", "remits:resource:x"), ("SET", "remits:decision:x", "y")],
-    "identity": [("GET", "remits:endorsement:x"), ("GET", "remits:resource:x")],
+    "identity": [("GET", "remits:endorsement:x"), ("GET", "remits:resource:x"), ("SET", "remits:session:x", "y"), ("DEL", "remits:tpm-clock:x")],
     # Reference values, policies and secrets live in JetStream now: measure and release need
     # nothing of Redis beyond sessions and outcomes, and provision nothing at all.
     "measure": [("SADD", "remits:refval:sample:measurement", "ff"), ("SMEMBERS", "remits:refval:sample:measurement"), ("GET", "remits:resource:x")],
@@ -121,6 +121,7 @@ REDIS_ALLOWED = {
     "gateway": [("HGETALL", "remits:session:x"), ("HGET", "remits:outcome:x", "v")],
     "intake": [("GET", "remits:nonce:x")],
     "endorse": [("GET", "remits:endorsement:x"), ("PTTL", "remits:lock:x")],
+    "identity": [("GET", "remits:tpm-clock:x")],  # a TPM's last clock state, nothing else
     "measure": [("PING",)],
     "decide": [("GET", "remits:decision:x")],
     "release": [("HGETALL", "remits:session:x"), ("HGET", "remits:outcome:x", "v")],

@@ -20,25 +20,17 @@ from dataclasses import dataclass
 
 from shared.errors import ParseError, VerificationError
 from shared.platforms.tdx.checks import RTMR_REPLAY
+from shared.platforms.tpm.eventlog import EV_NO_ACTION, TPM_ALG_SHA384, parse_crypto_agile
 
 CCEL_SIGNATURE = b"CCEL"
 CCEL_TABLE_SIZE = 56
 CC_TYPE_TDX = 2
 
-EV_NO_ACTION = 0x00000003
-TPM_ALG_SHA384 = 0x000C
 SHA384_SIZE = 48
 RTMR_COUNT = 4
-_END_OF_LOG = 0xFFFFFFFF
-_SPEC_ID_SIGNATURE = b"Spec ID Event03\x00"
-_MAX_ALGORITHMS = 16  # a TCG log lists a handful; more means we are reading garbage
 
 _ACPI_HEADER = struct.Struct("<4sIBB6s8sI4sI")
 _CCEL_BODY = struct.Struct("<BBHQQ")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
-_LEGACY_HEADER = struct.Struct("<II20sI")
-_EVENT_HEADER = struct.Struct("<III")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,74 +83,21 @@ def parse_ccel_table(data: bytes) -> CcelTable:
     return CcelTable(revision, oem_id, oem_table_id, cc_type, cc_subtype, laml, lasa)
 
 
-class _Cursor:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, size: int, field: str) -> bytes:
-        if size < 0 or self.pos + size > len(self.data):
-            raise ParseError(
-                field, f"needs {size} bytes at offset {self.pos:#x}, {len(self.data) - self.pos} left"
-            )
-        chunk = self.data[self.pos : self.pos + size]
-        self.pos += size
-        return chunk
-
-    def u16(self, field: str) -> int:
-        return int(_U16.unpack(self.take(2, field))[0])
-
-    def u32(self, field: str) -> int:
-        return int(_U32.unpack(self.take(4, field))[0])
-
-
-def _spec_id_algorithms(event_data: bytes) -> tuple[tuple[int, int], ...]:
-    cur = _Cursor(event_data)
-    if cur.take(len(_SPEC_ID_SIGNATURE), "ccel.spec_id.signature") != _SPEC_ID_SIGNATURE:
-        raise ParseError("ccel.spec_id.signature", "the first event is not a TCG2 Spec ID Event03")
-    cur.take(4 + 1 + 1 + 1 + 1, "ccel.spec_id.header")  # platform class, version, errata, uintn size
-    count = cur.u32("ccel.spec_id.algorithm_count")
-    if not 0 < count <= _MAX_ALGORITHMS:
-        raise ParseError("ccel.spec_id.algorithm_count", f"implausible algorithm count {count}")
-    algorithms = tuple(
-        (cur.u16("ccel.spec_id.algorithm"), cur.u16("ccel.spec_id.digest_size")) for _ in range(count)
-    )
-    if len({alg for alg, _ in algorithms}) != count:
-        raise ParseError("ccel.spec_id.algorithm", "an algorithm is listed twice")
-    return algorithms
-
-
 def parse_event_log(data: bytes) -> EventLog:
-    """A TCG2 crypto-agile log: the legacy-format Spec ID event, then TCG_PCR_EVENT2 records up
-    to an 0xFFFFFFFF index, an all-zero header or the end of the buffer (the log area's fill)."""
+    """A TCG2 crypto-agile log: the legacy-format Spec ID event, then TCG_PCR_EVENT2 records up to
+    an 0xFFFFFFFF index, an all-zero header or the end of the buffer (the log area's fill). The
+    layout is parsed by the one TCG implementation, ``shared.platforms.tpm.eventlog``."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ParseError("ccel.log", f"expected bytes, got {type(data).__name__}")
-    cur = _Cursor(bytes(data))
-    _index, event_type, digest, size = _LEGACY_HEADER.unpack(cur.take(_LEGACY_HEADER.size, "ccel.spec_id"))
-    if event_type != EV_NO_ACTION or digest != bytes(20):
-        raise ParseError("ccel.spec_id", "the log does not start with an EV_NO_ACTION Spec ID event")
-    algorithms = _spec_id_algorithms(cur.take(size, "ccel.spec_id.data"))
-    sizes = dict(algorithms)
-    events: list[Event] = []
-    while cur.pos + _EVENT_HEADER.size <= len(cur.data):
-        mr_index, event_type, count = _EVENT_HEADER.unpack_from(cur.data, cur.pos)
-        if mr_index == _END_OF_LOG or (mr_index == 0 and event_type == 0 and count == 0):
-            break
-        field = f"ccel.event[{len(events)}]"
-        cur.pos += _EVENT_HEADER.size
-        if mr_index > RTMR_COUNT:
-            raise ParseError(f"{field}.mr_index", f"CC MR index {mr_index} is not MRTD or an RTMR")
-        if not 0 < count <= len(sizes):
-            raise ParseError(f"{field}.digest_count", f"{count} digests for {len(sizes)} algorithms")
-        digests = []
-        for _ in range(count):
-            alg = cur.u16(f"{field}.algorithm")
-            if alg not in sizes:
-                raise ParseError(f"{field}.algorithm", f"algorithm {alg:#06x} is not in the Spec ID event")
-            digests.append((alg, cur.take(sizes[alg], f"{field}.digest")))
-        event_size = cur.u32(f"{field}.size")
-        events.append(Event(mr_index, event_type, tuple(digests), cur.take(event_size, f"{field}.data")))
-    return EventLog(algorithms, tuple(events))
+    spec_id, events = parse_crypto_agile(
+        bytes(data),
+        prefix="parse.ccel",
+        max_index=RTMR_COUNT,
+        index_field="mr_index",
+        index_error=lambda index: f"CC MR index {index} is not MRTD or an RTMR",
+        make_event=Event,
+    )
+    return EventLog(spec_id.algorithms, tuple(events))
 
 
 def replay_rtmrs(log: EventLog) -> tuple[bytes, bytes, bytes, bytes]:
