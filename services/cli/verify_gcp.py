@@ -10,6 +10,7 @@ Exit codes: 0 verified (claims on stdout), 1 a check failed ({"verified": false,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ def add_parsers(verify_sub: argparse._SubParsersAction) -> None:  # type: ignore
         parser.add_argument("--nonce", help="expected quote nonce (extraData), hex; '' for an empty one")
         parser.add_argument("--at", help="verification time, ISO 8601 (default: now)")
         parser.add_argument("--roots", help="PEM file of roots replacing Google's (test vendors only)")
+        parser.add_argument("--eventlog", help="a TCG measured-boot log replacing the one in the attestation")
         parser.add_argument("--json", action="store_true")
 
 
@@ -71,7 +73,12 @@ def parse_nonce(text: str | None) -> bytes | None:
 
 
 def verify_gcp(
-    evidence_path: Path, *, nonce: bytes | None, at: datetime, roots_path: Path | None
+    evidence_path: Path,
+    *,
+    nonce: bytes | None,
+    at: datetime,
+    roots_path: Path | None,
+    eventlog_path: Path | None = None,
 ) -> dict[str, Any]:
     roots = None
     if roots_path is not None:
@@ -80,6 +87,11 @@ def verify_gcp(
         roots = load_roots_pem(roots_path)
     raw = read_evidence(evidence_path)
     att = parse_attestation(raw)
+    if eventlog_path is not None:
+        try:
+            att = dataclasses.replace(att, event_log=eventlog_path.read_bytes())
+        except OSError as exc:
+            raise UsageError(f"cannot read {eventlog_path}: {exc}") from None
     flat, _ = verify_attestation(
         att, at, roots=roots, known_intermediates=None if roots is None else (), nonce=nonce
     )
@@ -93,6 +105,7 @@ def main(args: argparse.Namespace) -> int:
             nonce=parse_nonce(args.nonce),
             at=parse_time(args.at),
             roots_path=Path(args.roots) if args.roots else None,
+            eventlog_path=Path(args.eventlog) if args.eventlog else None,
         )
     except UsageError as exc:
         print(json.dumps({"error": str(exc)}), file=sys.stderr)

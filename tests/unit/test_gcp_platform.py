@@ -457,3 +457,16 @@ def test_cli_missing_argument_is_a_usage_error(capsys: pytest.CaptureFixture[str
         cli_main(["verify", "gcp-vtpm"])
     assert info.value.code == 2
     capsys.readouterr()
+
+
+def test_cli_eventlog_replaces_the_attestations_log(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # The same VM's own log verifies; another machine's log (the Ubuntu one) does not replay.
+    own = tmp_path / "own.bin"
+    own.write_bytes(parse_attestation(NONCE_PB).event_log)
+    code, out, _ = _cli(capsys, str(DATA / "gce-cos-85-nonce9009.pb"), "--at", "2026-06-01", "--eventlog", str(own), "--json")
+    assert code == 0 and json.loads(out)["claims"]["eventlog.secure_boot"] is True
+    other = Path(__file__).resolve().parents[1] / "data" / "tpm" / "eventlog" / "ubuntu-2404-amd-sevsnp.bin"
+    code, out, _ = _cli(capsys, str(DATA / "gce-cos-85-nonce9009.pb"), "--at", "2026-06-01", "--eventlog", str(other))
+    assert code == 1 and json.loads(out)["check"] == "tpm.eventlog_replay"
+    code, _, _ = _cli(capsys, str(DATA / "gce-cos-85-nonce9009.pb"), "--eventlog", str(tmp_path / "missing"))
+    assert code == 2
