@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from shared import schemas
+from shared import observability, schemas
 from shared.bus import JetStreamPublisher, Publish, StageRunner, parse_route
 from shared.busauth import MAC_HEADER, BusAuth
 from shared.cache import Store, TtlCache
@@ -176,6 +176,8 @@ def make_dead_letter_handler(ctx: StageContext) -> Callable[..., Any]:
         earlier = await ctx.store.claim_decision(meta.request_id, schemas.encode(decision))
         if earlier is not None:
             decision = schemas.decode_decision(earlier)
+        else:
+            observability.decision(meta.tee, decision.status, decision.reason)
         # Published again if it was decided before (same de-duplication id): the release stage
         # answers the caller from the decision stream either way.
         await ctx.publisher.send(decision_record(decision), meta.request_id)

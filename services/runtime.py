@@ -27,7 +27,7 @@ from services.intake.worker import make_handler as intake_handler
 from services.measure.worker import make_handler as measure_handler
 from services.provision.worker import ProvisionService
 from services.release.worker import Release, ResourceResponder
-from shared import credentials, schemas
+from shared import credentials, observability, schemas
 from shared.bus import RELEASE_DECISIONS_DURABLE, JetStreamPublisher, StageRunner, ensure_topology
 from shared.cache import Store
 from shared.config import Settings
@@ -155,7 +155,7 @@ class Stack:
             admin = identity_of(self.settings, credentials.ADMIN)
             self.nc, self.js = await connect_nats(self.settings, admin, "remits-admin")
             await ensure_topology(self.js, self.settings)
-            await ensure_buckets(self.js)
+            await ensure_buckets(self.js, self.settings.replicas)
             self.store = open_store(self.settings, admin)
             self._admin_publisher = JetStreamPublisher(self.nc, auth=admin.auth)
             await self._admin_publisher.start()
@@ -280,7 +280,10 @@ class Stack:
             auth=ctx.auth,
             relay_public_pem=relay_public,
         )
-        self._site_runner = web.AppRunner(gateway.app(), access_log=None)
+        app = gateway.app()
+        # /metrics (every component of this process: one registry) and /readyz on the gateway's port.
+        app.add_routes(observability.routes(self.not_ready, healthz=False))
+        self._site_runner = web.AppRunner(app, access_log=None)
         await self._site_runner.setup()
         site = web.TCPSite(
             self._site_runner,
@@ -292,6 +295,23 @@ class Stack:
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
         self.gateway_url = f"http://{self.settings.http_host}:{port}"
+
+    async def not_ready(self) -> list[str]:
+        """What keeps this process from taking work: [] when ready, else e.g. ["redis"]."""
+        failing: list[str] = []
+        if self.stop_event.is_set():
+            failing.append("stopping")
+        contexts = list(self.contexts.values())
+        if not contexts or not all(ctx.nc.is_connected for ctx in contexts):
+            failing.append("nats")
+        pings = await asyncio.gather(
+            *(observability.answers_within(lambda c=ctx: c.store.client.execute("PING"), 1.0) for ctx in contexts)
+        )
+        if not all(pings):
+            failing.append("redis")
+        if not all(runner.bound for runner in self.runners.values()):
+            failing.append("consumers")
+        return failing
 
     async def stop(self) -> None:
         self.stop_event.set()

@@ -39,9 +39,9 @@ from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from shared import credentials, schemas
+from shared import credentials, observability, schemas
 from shared.busauth import MAC_HEADER, BusAuth, Unauthenticated
-from shared.config import Settings
+from shared.config import Settings, nats_urls
 from shared.stats import STATS
 from shared.telemetry import extract_context, get_logger, inject_headers, is_sampled, tracer
 
@@ -98,6 +98,10 @@ async def connect(
         for hook in _RECONNECT_HOOKS.get(nc, []):
             hook()
 
+    async def disconnected() -> None:
+        if not nc.is_closed:  # our own close() calls this too: not an error
+            observability.dependency_error("nats")
+
     async def on_error(error: Exception) -> None:
         text = str(error)
         certificate = isinstance(error, ssl.SSLError) or "certificate" in text.lower()
@@ -116,14 +120,16 @@ async def connect(
         options["inbox_prefix"] = inbox_prefix
     if tls is not None:
         options["tls"] = tls
+    servers = nats_urls(url)  # a cluster's seed servers: the client reconnects to any of them
     connecting = asyncio.ensure_future(
         nc.connect(
-            url,
+            servers if len(servers) > 1 else url,
             name=name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=5,
             reconnected_cb=reconnected,
+            disconnected_cb=disconnected,
             error_cb=on_error,
             **options,
         )
@@ -168,7 +174,11 @@ RELEASE_DECISIONS_DURABLE = "release"
 
 async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
     """Create or update every stream and durable consumer. Run once by `remits up`/`remits setup`;
-    workers only bind, because pull_subscribe would silently ignore a changed config."""
+    workers only bind, because pull_subscribe would silently ignore a changed config.
+
+    Every stream keeps ``settings.replicas`` copies; an existing stream with another count is
+    updated to it (JetStream adds or removes peers and catches new ones up). Durable consumers
+    leave their replica count unset, so they follow their stream's, also when it changes."""
     streams = [
         js_api.StreamConfig(
             name=schemas.PIPELINE_STREAM,
@@ -215,6 +225,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         ),
     ]
     for config in streams:
+        config.num_replicas = settings.replicas
         try:
             await js.stream_info(config.name)
             await js.update_stream(config)
@@ -531,6 +542,11 @@ Handler = Callable[[schemas.StageUnion], Awaitable[Sequence[Publish]]]
 DeadLetterHandler = Callable[[str, bytes, dict[str, str], str, int], Awaitable[None]]
 
 
+def _is_rejection(message: msgspec.Struct) -> bool:
+    """A stage's output that rejects the request (a Rejection, or a rejected Decision)."""
+    return isinstance(message, schemas.Rejection) or getattr(message, "status", None) == "rejected"
+
+
 class StageRunner:
     """Runs one stage: binds to the stage's durable consumer (shared by all replicas) and handles
     up to ``stage_concurrency`` messages at once."""
@@ -569,7 +585,26 @@ class StageRunner:
         self._backlog: deque[Msg] = deque()
         self._consumer: PullConsumer | None = None
         self._times = STATS.stage(stage)
+        self._meter = observability.StageMeter(stage)
         self.processed = 0
+        self._running = False
+
+    @property
+    def bound(self) -> bool:
+        """Pulling from its durable consumer (for readiness probes)."""
+        return self._running and self._consumer is not None
+
+    async def _watch_lag(self) -> None:
+        """Every few seconds, the durable consumer's backlog into the lag gauges."""
+        while True:
+            try:
+                info = await self.js.consumer_info(self.stream, self.durable)
+                observability.consumer_lag(
+                    self.stream, self.durable, int(info.num_pending or 0), int(info.num_ack_pending or 0)
+                )
+            except Exception as exc:  # disconnected: the next round tries again
+                log.debug("stage.lag_unreadable", stage=self.stage, error=repr(exc))
+            await asyncio.sleep(observability.LAG_INTERVAL_S)
 
     async def run(self, stop: asyncio.Event) -> None:
         if self._publisher is None:
@@ -592,9 +627,13 @@ class StageRunner:
             cb=self._on_max_deliveries,
         )
         log.info("stage.started", stage=self.stage)
+        self._running = True
+        lag = asyncio.create_task(self._watch_lag())
         try:
             await stop.wait()
         finally:
+            self._running = False
+            lag.cancel()
             await self._consumer.stop()
             for msg in self._backlog:  # never started: another replica may take them now
                 try:
@@ -648,11 +687,13 @@ class StageRunner:
             log.warning("stage.unauthenticated", detail=exc.detail)
             await self.dead_letter(self.stage, msg.data, dict(headers), exc.reason, deliveries)
             await msg.term()
+            self._meter.failed()
             return
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("stage.undecodable", error=str(exc))
             await self.dead_letter(self.stage, msg.data, dict(headers), f"bus.undecodable: {exc}", deliveries)
             await msg.term()
+            self._meter.failed()
             return
         if is_sampled(headers):
             with tracer().start_as_current_span(
@@ -661,15 +702,17 @@ class StageRunner:
                 kind=SpanKind.CONSUMER,
                 attributes={"remits.request_id": message.meta.request_id, "remits.stage": self.stage},
             ) as span:
-                ok = await self._handle(msg, message, deliveries, None, span)
+                outcome = await self._handle(msg, message, deliveries, None, span)
         else:
             # Not traced: pass the caller's trace headers on untouched (if any).
             forward = {name: headers[name] for name in _TRACE_HEADERS if name in headers}
-            ok = await self._handle(msg, message, deliveries, forward, None)
-        if ok:
+            outcome = await self._handle(msg, message, deliveries, forward, None)
+        elapsed_s = time.monotonic() - started
+        if outcome != "error":
             self.processed += 1
             self._times.processed += 1
-            self._times.service.record((time.monotonic() - started) * 1000.0)
+            self._times.service.record(elapsed_s * 1000.0)
+        self._meter.done(outcome, elapsed_s)
 
     async def _handle(
         self,
@@ -678,7 +721,8 @@ class StageRunner:
         deliveries: int,
         forward: dict[str, str] | None,
         span: Any,
-    ) -> bool:
+    ) -> str:
+        """Handle, publish what came out, ack: "ok", "rejected" (a rejection came out) or "error"."""
         assert self._publisher is not None
         heartbeat = asyncio.create_task(self._heartbeat(msg)) if self.slow else None
         try:
@@ -695,12 +739,12 @@ class StageRunner:
             log.error("stage.handler_failed", error=repr(exc), exc_info=True)
             # Redeliver later; after max_deliver the advisory turns it into a rejection.
             await msg.nak(delay=min(0.2 * 2 ** (deliveries - 1), 5.0))
-            return False
+            return "error"
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
         await self._ack(msg)
-        return True
+        return "rejected" if any(_is_rejection(item.message) for item in outputs) else "ok"
 
     async def _ack(self, msg: Msg) -> None:
         """Only after every PubAck of what the message produced (tests override it to crash here)."""

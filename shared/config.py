@@ -27,9 +27,19 @@ def _paths(value: str) -> tuple[Path, ...]:
     return tuple(Path(p.strip()) for p in value.split(",") if p.strip())
 
 
+def nats_urls(value: str) -> list[str]:
+    """The servers of a NATS URL setting: one URL, or several comma-separated (the seed servers
+    of a cluster; the client reconnects to whichever answers)."""
+    return [u.strip() for u in value.split(",") if u.strip()]
+
+
 @dataclass(frozen=True)
 class Settings:
+    # One URL, or a cluster's seed servers comma-separated (nats://a:4222,nats://b:4222).
     nats_url: str = "nats://127.0.0.1:4222"
+    # Copies JetStream keeps of every stream, durable consumer and trust bucket: 1 on a single
+    # server, 3 on a three-node cluster (a stream then survives the loss of one node).
+    replicas: int = 1
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Where the service keeps its signing key, the sample vendor PKI, the audit trail and (for
     # the embedded NATS) the JetStream data: streams and the trust configuration's buckets.
@@ -37,11 +47,17 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     http_reuse_port: bool = False  # several gateway processes on one port (SO_REUSEPORT)
+    # A worker's /metrics, /healthz and /readyz (0: none; the gateway serves them on its own port).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
     # Sessions and nonces: single use, expire after this many seconds (KBS default: 5 minutes).
     nonce_ttl_s: float = 300.0
     token_lifetime_s: int = 300
     # How long the gateway waits for the pipeline before answering with a rejection.
     request_timeout_s: float = 30.0
+    # How long a request may wait on Redis or NATS before the gateway answers 503 (with
+    # Retry-After): a frozen or dead dependency never turns into a hang or a 500.
+    dependency_timeout_s: float = 1.5
     # TDX guests send the whole CCEL area (256 KiB on common firmware) base64-encoded; the bus
     # message must still fit NATS's default 1 MiB payload.
     max_body_bytes: int = 900 * 1024
@@ -113,13 +129,17 @@ class Settings:
     def from_env(cls, **overrides: object) -> Settings:
         base = cls(
             nats_url=_env("NATS_URL", cls.nats_url),
+            replicas=int(_env("REPLICAS", str(cls.replicas))),
             redis_url=_env("REDIS_URL", cls.redis_url),
             data_dir=Path(_env("DATA_DIR", str(default_data_dir()))),
             http_host=_env("HTTP_HOST", cls.http_host),
             http_port=int(_env("HTTP_PORT", str(cls.http_port))),
+            metrics_host=_env("METRICS_HOST", cls.metrics_host),
+            metrics_port=int(_env("METRICS_PORT", str(cls.metrics_port))),
             nonce_ttl_s=float(_env("NONCE_TTL_S", str(cls.nonce_ttl_s))),
             token_lifetime_s=int(_env("TOKEN_LIFETIME_S", str(cls.token_lifetime_s))),
             request_timeout_s=float(_env("REQUEST_TIMEOUT_S", str(cls.request_timeout_s))),
+            dependency_timeout_s=float(_env("DEPENDENCY_TIMEOUT_S", str(cls.dependency_timeout_s))),
             max_body_bytes=int(_env("MAX_BODY_BYTES", str(cls.max_body_bytes))),
             max_deliver=int(_env("MAX_DELIVER", str(cls.max_deliver))),
             ack_wait_s=float(_env("ACK_WAIT_S", str(cls.ack_wait_s))),

@@ -178,4 +178,14 @@ async def connect_nats(
 
 
 def open_store(settings: Settings, identity: ComponentIdentity) -> Store:
-    return Store(RespClient.from_url(identity.redis_url, ssl_context=redis_tls(settings)))
+    # A dependency that does not answer within the bound is unavailable (the connection is
+    # dropped and the next command reconnects): callers turn that into a retry, not a hang.
+    timeout = settings.dependency_timeout_s
+    return Store(
+        RespClient.from_url(
+            identity.redis_url,
+            ssl_context=redis_tls(settings),
+            connect_timeout_s=timeout,
+            command_timeout_s=timeout,
+        )
+    )

@@ -262,7 +262,13 @@ class EarVerifier:
         self._key = _trusted_key(trusted_public_key)
 
     def verify(
-        self, token: str, now: int, leeway_s: int = 0, *, expected_profile: str = EAT_PROFILE
+        self,
+        token: str,
+        now: int,
+        leeway_s: int = 0,
+        *,
+        expected_profile: str = EAT_PROFILE,
+        issued_skew_s: int = 0,
     ) -> dict[str, Any]:
         """Return the claims of ``token`` after checking signature, validity window and profile.
 
@@ -298,9 +304,11 @@ class EarVerifier:
         assert exp is not None and iat is not None
         if now >= exp + leeway_s:
             raise VerificationError("token.expired", f"expired at {exp}, now {now}")
-        if iat > now + leeway_s:
+        # ``issued_skew_s`` tolerates a signer whose clock runs ahead of ours (another replica)
+        # for the start of validity only: it never lengthens a token's life.
+        if iat > now + leeway_s + issued_skew_s:
             raise VerificationError("token.not_yet_valid", f"issued in the future ({iat}), now {now}")
-        if nbf is not None and nbf > now + leeway_s:
+        if nbf is not None and nbf > now + leeway_s + issued_skew_s:
             raise VerificationError("token.not_yet_valid", f"not before {nbf}, now {now}")
         if claims.get("eat_profile") != expected_profile:
             raise VerificationError("token.profile", f"eat_profile {claims.get('eat_profile')!r}")

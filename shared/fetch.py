@@ -14,6 +14,7 @@ from typing import Self
 
 import aiohttp
 
+from shared import observability
 from shared.errors import EndorsementError
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -104,6 +105,7 @@ class EndorsementFetcher:
 
     async def _attempt(self, url: str, keep_headers: tuple[str, ...] = ()) -> tuple[bytes, dict[str, str]]:
         async with self._client().get(url) as resp:
+            observability.vendor_fetch(resp.status)
             if resp.status == 200:
                 kept = {name: resp.headers[name] for name in keep_headers if name in resp.headers}
                 return await self._read_body(resp, url), kept
@@ -134,8 +136,10 @@ class EndorsementFetcher:
                 # Bad URL scheme/host or too many redirects: retrying cannot help.
                 raise EndorsementError("endorsement.fetch_failed", f"{url}: {exc!r}") from None
             except TimeoutError:
+                observability.vendor_fetch(None)
                 last = f"timed out after {self._timeout_s}s"
             except aiohttp.ClientError as exc:
+                observability.vendor_fetch(None)
                 last = repr(exc)
             if attempt < self._attempts:
                 await asyncio.sleep(self._backoff_s(attempt, retry_after_s))

@@ -36,6 +36,12 @@ class RedisConnectionError(ConnectionError):
     """The connection failed, closed or stopped answering."""
 
 
+def _dependency_error() -> None:
+    from shared.observability import dependency_error  # imported late: this module stays standalone
+
+    dependency_error("redis")
+
+
 @dataclass(frozen=True)
 class RedisEndpoint:
     host: str = "127.0.0.1"
@@ -129,6 +135,8 @@ class _Protocol(asyncio.Protocol):
             self.closed.set_result(None)
 
     def _fail(self, error: Exception) -> None:
+        if self._waiters:  # requests lost with the connection
+            _dependency_error()
         while self._waiters:
             future, _ = self._waiters.popleft()
             if not future.done():
@@ -227,6 +235,7 @@ class RespClient:
                 try:
                     protocol = await self._open()
                 except (OSError, TimeoutError) as exc:
+                    _dependency_error()
                     raise RedisConnectionError(f"cannot connect to {self.endpoint.host}:{self.endpoint.port}: {exc!r}") from None
                 self._protocol = protocol
                 if self._watchdog is None or self._watchdog.done():
@@ -235,7 +244,8 @@ class RespClient:
 
     async def _watch(self) -> None:
         """Drop a connection whose oldest request waited too long (Redis stopped, network gone)."""
-        step = max(0.05, self._command_timeout_s / 4)
+        # Checked often enough that a dead server is noticed within a quarter second of the bound.
+        step = max(0.05, min(0.25, self._command_timeout_s / 4))
         while True:
             await asyncio.sleep(step)
             protocol = self._protocol

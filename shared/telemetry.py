@@ -125,10 +125,22 @@ def _env_ratio() -> float:
         return DEFAULT_SAMPLE_RATIO
 
 
+def otlp_exporter() -> SpanExporter | None:
+    """OTLP over HTTP (protobuf) when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces-only
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set; the exporter reads the standard OTEL_*
+    variables itself (headers, timeout, certificate)."""
+    if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()
+
+
 def configure_tracing(
     service_name: str = "remits", exporter: SpanExporter | None = None, sample_ratio: float | None = None
 ) -> TracerProvider:
-    """Install a tracer provider once. ``REMITS_TRACE_FILE`` selects the JSON-lines exporter;
+    """Install a tracer provider once. ``REMITS_TRACE_FILE`` selects the JSON-lines exporter,
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` the OTLP/HTTP one (both may be set);
     ``exporter`` adds one (tests); ``sample_ratio`` overrides ``REMITS_TRACE_SAMPLE_RATIO``."""
     global _provider, _sampler, _exporting
     if _provider is None:
@@ -138,6 +150,10 @@ def configure_tracing(
         path = os.environ.get("REMITS_TRACE_FILE")
         if path:
             _provider.add_span_processor(BatchSpanProcessor(JsonLinesSpanExporter(path)))
+            _exporting = True
+        otlp = otlp_exporter()
+        if otlp is not None:
+            _provider.add_span_processor(BatchSpanProcessor(otlp))
             _exporting = True
     if exporter is not None:
         _provider.add_span_processor(SimpleSpanProcessor(exporter))

@@ -121,13 +121,13 @@ def local_settings(args: argparse.Namespace) -> Settings:
 async def operator_nats(args: argparse.Namespace) -> AsyncIterator[tuple[Settings, Any, Any]]:
     """(settings, nc, js) as the operator: the NATS given, else the one a running `remits up` of
     the data directory started, else an embedded one started here on the data directory's
-    JetStream store (a stopped stack's data stays readable)."""
+    JetStream store (a stopped stack's data stays readable; a cluster's, as a cluster again)."""
     from shared import credentials
     from shared.connections import connect_nats, identity_of
-    from shared.embedded import nats_server
+    from shared.embedded import nats_cluster, nats_server
 
     settings = local_settings(args)
-    server = None
+    servers: list[Any] = []
     # --nats, or REMITS_NATS_URL (compose, an operator's shell), names the server to use.
     if not getattr(args, "nats", None) and "REMITS_NATS_URL" not in os.environ:
         running = settings.data_dir / "infra" / RUNNING_NATS_FILE
@@ -139,10 +139,18 @@ async def operator_nats(args: argparse.Namespace) -> AsyncIterator[tuple[Setting
                 raise SystemExit(
                     f"remits: no credentials in {settings.data_dir}/credentials (is this a REMITS data directory?)"
                 )
-            server = nats_server(settings.data_dir / "infra", credentials_dir=settings.credentials_dir)
-            server.start()
+            infra = settings.data_dir / "infra"
+            # `remits up --nats-cluster N` left one store (and config) per node.
+            size = len(list((infra / "nats-cluster").glob("n*.conf")))
+            if size > 1:
+                servers = await asyncio.to_thread(nats_cluster, infra, size, settings.credentials_dir)
+            else:
+                servers = [nats_server(infra, credentials_dir=settings.credentials_dir)]
+                servers[0].start()
             settings = settings_from_args(
-                args, nats_url=f"nats://127.0.0.1:{server.port}", credentials_dir=settings.credentials_dir
+                args,
+                nats_url=",".join(f"nats://127.0.0.1:{server.port}" for server in servers),
+                credentials_dir=settings.credentials_dir,
             )
     try:
         nc, js = await connect_nats(settings, identity_of(settings, credentials.ADMIN), "remits-operator")
@@ -152,20 +160,27 @@ async def operator_nats(args: argparse.Namespace) -> AsyncIterator[tuple[Setting
             with contextlib.suppress(Exception):
                 await nc.drain()
     finally:
-        if server is not None:
+        for server in servers:
             server.stop()
 
 
 async def _answers(url: str) -> bool:
+    """Whether a server of ``url`` (one URL, or a cluster's comma-separated) accepts connections."""
     from urllib.parse import urlparse
 
-    parsed = urlparse(url)
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(parsed.hostname, parsed.port or 4222), 1.0)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    return True
+    from shared.config import nats_urls
+
+    for each in nats_urls(url):
+        parsed = urlparse(each)
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parsed.hostname, parsed.port or 4222), 1.0
+            )
+        except (OSError, TimeoutError):
+            continue
+        writer.close()
+        return True
+    return False
 
 
 @contextlib.asynccontextmanager
@@ -182,7 +197,8 @@ async def local_admin(args: argparse.Namespace) -> AsyncIterator[AdminCall]:
         identity = identity_of(settings, credentials.ADMIN)
         publisher = JetStreamPublisher(nc, auth=identity.auth)
         await publisher.start()
-        await ensure_buckets(js)
+        # Only creates missing buckets: resizing them is `remits setup`'s job.
+        await ensure_buckets(js, settings.replicas, resize=False)
         mirror = TrustMirror(js, buckets.ALL, check_every_s=0)
         await mirror.start()
         try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from shared import credentials
 from shared.config import Settings
-from shared.embedded import ManagedServer, nats_server, redis_server
+from shared.embedded import ManagedServer, nats_cluster, nats_server, redis_server
 
 
 def host_port(value: str) -> tuple[str, int]:
@@ -96,7 +96,9 @@ async def embedded_infrastructure(
     args: argparse.Namespace, workdir: Path, credentials_dir: Path
 ) -> AsyncIterator[dict[str, Any]]:
     """Embedded NATS and/or Redis for whichever URL was not given, accepting only the users in
-    ``credentials_dir`` (created there if missing); stopped again on exit."""
+    ``credentials_dir`` (created there if missing); stopped again on exit. With
+    ``args.nats_cluster`` N > 1, NATS is a JetStream cluster of N nodes: every URL is passed on
+    (comma-separated) and streams and buckets keep N replicas."""
     settings: dict[str, Any] = {}
     started: list[ManagedServer] = []
     embedded = not getattr(args, "nats", None) or not getattr(args, "redis", None)
@@ -104,7 +106,15 @@ async def embedded_infrastructure(
         await asyncio.to_thread(credentials.ensure_credentials, credentials_dir)
         settings["credentials_dir"] = credentials_dir
     try:
-        if not getattr(args, "nats", None):
+        cluster = getattr(args, "nats_cluster", None) or 1
+        if not getattr(args, "nats", None) and cluster > 1:
+            nodes = await asyncio.to_thread(nats_cluster, workdir / "infra", cluster, credentials_dir)
+            started.extend(nodes)
+            settings["nats_url"] = ",".join(f"nats://127.0.0.1:{node.port}" for node in nodes)
+            settings["replicas"] = cluster
+            # Where tools find the running servers that own this data directory's JetStream store.
+            (workdir / "infra" / RUNNING_NATS_FILE).write_text(settings["nats_url"] + "\n")
+        elif not getattr(args, "nats", None):
             nats = nats_server(workdir / "infra", credentials_dir=credentials_dir)
             await asyncio.to_thread(nats.start)
             started.append(nats)
@@ -144,7 +154,11 @@ def server_environment(settings: Settings) -> dict[str, str]:
         REMITS_SNP_KDS_URL=settings.snp_kds_url,
         REMITS_DCAP_PCS_URL=settings.dcap_pcs_url,
         REMITS_CRYPTO_THREADS=str(settings.crypto_threads),
+        # A child `remits up` sets up the topology too: with the same replica count.
+        REMITS_REPLICAS=str(settings.replicas),
     )
+    # One metrics port per machine address: children of one `remits up` would all bind it.
+    env.pop("REMITS_METRICS_PORT", None)
     if settings.credentials_dir is not None:
         env["REMITS_CREDENTIALS_DIR"] = str(settings.credentials_dir)
     if settings.admin_keys:

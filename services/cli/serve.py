@@ -27,6 +27,7 @@ from shared import credentials, schemas
 from shared.config import Settings
 from shared.connections import MissingCredentials, connect_nats, identity_of
 from shared.embedded import free_port
+from shared.observability import MetricsServer
 
 
 def replica_spec(value: str) -> tuple[str, int]:
@@ -65,6 +66,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="STAGE=N",
         help="N extra processes for one stage (repeatable), e.g. --replicas identity=2",
     )
+    up.add_argument(
+        "--nats-cluster",
+        type=int,
+        default=None,
+        metavar="N",
+        help="without --nats: run the embedded NATS as a JetStream cluster of N nodes, with N replicas "
+        "of every stream and trust bucket (e.g. 3; default: one server)",
+    )
     up.set_defaults(run=lambda args: asyncio.run(cmd_up(args)))
 
     worker = sub.add_parser("worker", help="run one component; several replicas may run at once")
@@ -74,6 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     worker.add_argument("--http", type=host_port, default=None, help="gateway HOST:PORT")
     worker.add_argument("--kds", help="sample vendor endorsement server URL")
     worker.add_argument("--reuse-port", action="store_true", help="let several gateways share the port")
+    worker.add_argument(
+        "--metrics-port", type=int, default=None,
+        help="serve /metrics, /healthz and /readyz on this port (REMITS_METRICS_PORT; 0: off) "
+        "at REMITS_METRICS_HOST (default 127.0.0.1)",
+    )  # fmt: skip
     worker.set_defaults(run=lambda args: asyncio.run(cmd_worker(args)))
 
     setup = sub.add_parser("setup", help="create or update the JetStream streams and consumers")
@@ -105,6 +119,9 @@ async def cmd_up(args: argparse.Namespace) -> int:
     processes = default_processes() if args.processes is None else args.processes
     if processes < 1:
         print("remits up: --processes must be at least 1", file=sys.stderr)
+        return 2
+    if args.nats_cluster is not None and (args.nats_cluster < 1 or args.nats):
+        print("remits up: --nats-cluster takes N >= 1 and no --nats", file=sys.stderr)
         return 2
     env_settings = Settings.from_env()
     data_dir = Path(args.data_dir) if args.data_dir else env_settings.data_dir
@@ -155,20 +172,32 @@ async def cmd_up(args: argparse.Namespace) -> int:
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, metrics_port=args.metrics_port)
     stack = Stack(settings, components=(args.stage,), setup_topology=False)
     try:
         await stack.start()
     except (MissingCredentials, PermissionError) as exc:
         print(f"remits worker: {exc}", file=sys.stderr)
         return 2
+    metrics = None
+    if settings.metrics_port:
+        metrics = MetricsServer(stack.not_ready)
+        try:
+            await metrics.start(settings.metrics_host, settings.metrics_port)
+        except OSError as exc:
+            print(f"remits worker: metrics port: {exc}", file=sys.stderr)
+            await stack.stop()
+            return 2
+        print(f"REMITS metrics at http://{settings.metrics_host}:{metrics.port}/metrics", flush=True)
     settle_heap()
     stop_on_signals(stack.stop_event)
     if stack.gateway_url:
         print(f"REMITS gateway ready at {stack.gateway_url}", flush=True)
     print(f"REMITS worker ready: {args.stage} pid={os.getpid()}", flush=True)
     await stack.stop_event.wait()
-    await stack.stop()
+    await stack.stop()  # drains: stops pulling, finishes, publishes and acks what it holds
+    if metrics is not None:  # probes answer (not ready: "stopping") until the drain is over
+        await metrics.stop()
     return 0
 
 
@@ -180,7 +209,7 @@ async def cmd_setup(args: argparse.Namespace) -> int:
     # Creating streams and consumers is the operator's right alone.
     nc, js = await connect_nats(settings, identity_of(settings, credentials.ADMIN), "remits-setup")
     await ensure_topology(js, settings)
-    await ensure_buckets(js)
+    await ensure_buckets(js, settings.replicas)
     await nc.drain()
     print("streams, consumers and trust buckets ready")
     return 0

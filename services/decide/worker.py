@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Sequence
 
 from services.common import StageContext, decision_record, reject
-from shared import schemas
+from shared import observability, schemas
 from shared.bus import Publish
 from shared.ear import EarSigner, build_ear_claims, status_of
 from shared.trust.evaluate import VERIFIER
@@ -91,6 +91,8 @@ def make_handler(ctx: StageContext):
         if earlier is not None:
             # A redelivery (or a dead-letter path) decided already: keep that one decision.
             decision = schemas.decode_decision(earlier)
+        else:  # counted once per request, by whichever delivery made the decision
+            observability.decision(decision.meta.tee, decision.status, decision.reason)
         # The decision stream is both the audit record and the release stage's input.
         return [decision_record(decision)]
 

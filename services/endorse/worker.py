@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.common import StageContext, next_stage, reject
-from shared import schemas
+from shared import observability, schemas
 from shared.bus import Publish
 from shared.errors import EndorsementError, RemitsError
 from shared.platforms.base import EndorsementRequest, Platform, encode_document
@@ -69,8 +69,10 @@ async def obtain_document(ctx: StageContext, platform: Platform, request: Endors
             return _cached(cached, request)
         offline = await _read_offline(ctx, tee, request)
         if offline is not None:
+            observability.endorsement_cache(hit=False)
             return offline, "offline"
         if not request.url:
+            observability.endorsement_cache(hit=False)
             raise EndorsementError(
                 "endorsement.not_found",
                 f"{request.cache_key} is not served by the vendor: send it with the evidence or provision it offline",
@@ -91,6 +93,7 @@ async def obtain_document(ctx: StageContext, platform: Platform, request: Endors
         if cached is not None:
             ctx.endorsements.put(local_key, cached, ttl_s)
             return _cached(cached, request)
+        observability.endorsement_cache(hit=False)
         try:
             document = await _fetch_first_known(ctx, request)
         except EndorsementError as err:
@@ -111,6 +114,7 @@ async def obtain_document(ctx: StageContext, platform: Platform, request: Endors
 
 
 def _cached(documents: list[bytes], request: EndorsementRequest) -> tuple[bytes, str]:
+    observability.endorsement_cache(hit=True)
     if not documents:  # a cached "the vendor does not know this key"
         raise EndorsementError("endorsement.not_found", request.url)
     return documents[0], "cache"

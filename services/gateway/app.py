@@ -61,6 +61,17 @@ def _error(status: int, variant: str, detail: str) -> web.Response:
     return web.Response(status=status, body=error_body(variant, detail), content_type="application/json")
 
 
+# Seconds a guest is asked to wait before retrying while a dependency is away.
+RETRY_AFTER_S = 2
+
+
+def _unavailable(detail: str) -> web.Response:
+    """503 with Retry-After: nothing was decided, and the guest should come back shortly."""
+    response = _error(503, "ServiceUnavailable", detail)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
 def _require_json(request: web.Request) -> web.Response | None:
     if request.content_type != "application/json":
         return _error(
@@ -138,13 +149,13 @@ class Gateway:
         except RedisConnectionError as exc:
             # Sessions and nonces are unreachable: nothing was decided, the guest may retry.
             log.warning("gateway.store_unavailable", error=repr(exc))
-            return _error(503, "ServiceUnavailable", "store.unavailable: sessions cannot be read or written")
+            return _unavailable("store.unavailable: sessions cannot be read or written")
         except Exception as exc:  # fail closed, with a reason, and keep serving
             log.error("gateway.internal_error", error=repr(exc), exc_info=True)
             return _error(500, "InternalError", "internal error")
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return _json_response({"status": "ok"})
+        return _json_response({"status": "alive"})  # liveness only; readiness is /readyz
 
     async def jwks(self, request: web.Request) -> web.Response:
         """The EAR signing key, for relying parties that verify tokens themselves."""
@@ -160,6 +171,9 @@ class Gateway:
                 "UnsupportedTee",
                 f"TEE {body.tee!r} is not supported; supported: {sorted(SUPPORTED_TEES)}",
             )
+        if not self.nc.is_connected:
+            # A nonce the pipeline cannot check is not issued: the attestation could not proceed.
+            return _unavailable("bus.unavailable: the pipeline cannot be reached")
         session = await self.store.create_session(body.tee, self.settings.nonce_ttl_s)
         return _json_response({"nonce": session.nonce, "extra-params": ""}, session.session_id)
 
@@ -172,6 +186,9 @@ class Gateway:
     async def attest(self, request: web.Request) -> web.Response:
         if (bad := _require_json(request)) is not None:
             return bad
+        if not self.nc.is_connected:
+            # Nothing is read or consumed: the same session and nonce work once the bus is back.
+            return _unavailable("bus.unavailable: the pipeline cannot be reached")
         session = await self._session(request)
         if session is None:
             return _error(401, "InvalidSession", "no session: POST /kbs/v0/auth first")
@@ -205,7 +222,7 @@ class Gateway:
             log.debug("attest.answered", tee=session.tee, status=outcome.status, reason=outcome.reason)
         if outcome.reason in _UNAVAILABLE:
             # The pipeline did not decide (yet): tell the guest to retry, not that it failed.
-            return _error(503, "ServiceUnavailable", f"{outcome.reason}: {outcome.detail}")
+            return _unavailable(f"{outcome.reason}: {outcome.detail}")
         if outcome.status == "rejected":
             return _error(
                 401,
@@ -237,6 +254,8 @@ class Gateway:
         token = auth[len("Bearer ") :].strip() if auth.startswith("Bearer ") else ""
         if not token and not session_id:
             return _error(401, "TokenNotFound", "attest first, or send Authorization: Bearer <token>")
+        if not self.nc.is_connected:
+            return _unavailable("bus.unavailable: the release stage cannot be reached")
         request_id = _request_id()
         meta = schemas.RequestMeta(
             request_id=request_id,
@@ -255,7 +274,7 @@ class Gateway:
         if outcome.status == "released":
             return web.Response(body=outcome.jwe, content_type="application/json")
         if outcome.reason in _UNAVAILABLE:
-            return _error(503, "ServiceUnavailable", f"{outcome.reason}: {outcome.detail}")
+            return _unavailable(f"{outcome.reason}: {outcome.detail}")
         if outcome.status == "not_found":
             return _error(404, "ResourceNotFound", f"{outcome.reason}: {outcome.detail}")
         if outcome.reason == "token.not_found":

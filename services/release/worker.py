@@ -39,6 +39,10 @@ from shared.trust.snapshot import Entry
 STAGE = "release"
 log = get_logger("remits.release")
 
+# Clocks of the decide and release replicas may differ by this much (NTP keeps real hosts far
+# closer): a token issued "in the future" by up to this is accepted; its expiry is not extended.
+CLOCK_SKEW_S = 60
+
 RESOURCE_PATH = re.compile(r"^[A-Za-z0-9_.-]{1,128}/[A-Za-z0-9_.-]{1,128}/[A-Za-z0-9_.-]{1,128}$")
 
 
@@ -95,7 +99,7 @@ class Release:
         entry = self._verified.get(token)
         if entry is None:
             now = self.ctx.clock()
-            claims = self._verifier.verify(token, now=int(now))
+            claims = self._verifier.verify(token, now=int(now), issued_skew_s=CLOCK_SKEW_S)
             tee_jwk: dict[str, Any] | VerificationError
             try:
                 tee_jwk = tee_pubkey_from_claims(claims)

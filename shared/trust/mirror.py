@@ -181,8 +181,10 @@ class TrustMirror:
         self._subs.clear()
 
 
-async def ensure_buckets(js: JetStreamContext, replicas: int = 1) -> None:
-    """Create the trust buckets (the operator's right, at setup); existing ones are kept."""
+async def ensure_buckets(js: JetStreamContext, replicas: int = 1, *, resize: bool = True) -> None:
+    """Create the trust buckets (the operator's right, at setup); existing ones are kept, with
+    their contents, but brought to ``replicas`` copies unless not ``resize``: a bucket is the
+    stream KV_<name>, whose replica count JetStream updates in place."""
     from nats.js.errors import BucketNotFoundError
 
     for bucket in buckets.ALL:
@@ -190,3 +192,8 @@ async def ensure_buckets(js: JetStreamContext, replicas: int = 1) -> None:
             await js.key_value(bucket.name)
         except BucketNotFoundError:
             await js.create_key_value(buckets.kv_config(bucket, replicas))
+            continue
+        config = (await js.stream_info(bucket.stream)).config
+        if resize and config.num_replicas != replicas:
+            config.num_replicas = replicas
+            await js.update_stream(config)

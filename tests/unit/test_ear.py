@@ -17,6 +17,7 @@ from shared.ear import (
     TRUST_CLAIMS,
     TRUSTEE_EAT_PROFILE,
     EarSigner,
+    EarVerifier,
     build_ear_claims,
     load_or_create_signing_key,
     status_of,
@@ -318,3 +319,18 @@ def test_verify_refuses_critical_headers_and_short_signatures(key: ec.EllipticCu
     with pytest.raises(VerificationError) as err:
         verify_ear(f"{header}.{payload}.{b64url_encode(bytes(63))}", key.public_key(), now=NOW)
     assert err.value.check == "token.signature_invalid"
+
+
+def test_issued_skew_accepts_a_signer_ahead_but_never_lengthens_a_token(
+    signer: EarSigner, key: ec.EllipticCurvePrivateKey
+) -> None:
+    # A decide replica whose clock runs 30 s ahead issued this token; release is on time.
+    token = signer.sign(claims())
+    verifier = EarVerifier(key.public_key())
+    assert verifier.verify(token, now=NOW - 30, issued_skew_s=60)
+    with pytest.raises(VerificationError) as err:
+        verifier.verify(token, now=NOW - 61, issued_skew_s=60)
+    assert err.value.check == "token.not_yet_valid"
+    with pytest.raises(VerificationError) as err:  # the expiry is not moved by the skew
+        verifier.verify(token, now=NOW + 300, issued_skew_s=60)
+    assert err.value.check == "token.expired"
