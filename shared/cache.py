@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from shared.resp import RespClient, Script
+from shared.resp import RedisConnectionError, RespClient, Script
 
 _PREFIX = "remits:"
 
@@ -118,8 +118,14 @@ def _text(value: bytes | str) -> str:
 class Store:
     """The Redis side of REMITS over one pipelined connection (see ``shared.resp``)."""
 
+    # Behind Sentinel, a nonce consumption waits until one replica has it (WAIT 1 <ms>), so that a
+    # failover cannot bring the nonce back unused. Not done against a single Redis: no replica.
+    REPLICA_WAIT_MS = 1000
+
     def __init__(self, client: RespClient) -> None:
         self.client = client
+        endpoint = getattr(client, "endpoint", None)
+        self._wait_for_replica = bool(getattr(endpoint, "sentinels", ()))
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -188,6 +194,12 @@ class Store:
             return NonceState.WRONG_SESSION
         if now > float(record["expires_at"]):
             return NonceState.EXPIRED
+        if self._wait_for_replica:
+            acknowledged = await self.client.execute("WAIT", 1, self.REPLICA_WAIT_MS)
+            if int(acknowledged) < 1:
+                # Unreplicated, the consumption could be undone by a failover: fail (the request is
+                # delivered again, or refused), never risk a second use.
+                raise RedisConnectionError("nonce consumption not acknowledged by a replica")
         return NonceState.OK
 
     async def mark_attested(

@@ -132,7 +132,7 @@ def nats_permissions(component: str) -> dict[str, Any]:
 # resources with GET but writes only hashes (HSET), so it cannot overwrite a secret.
 REDIS_RULES: Mapping[str, str] = {
     "gateway": "~remits:session:* ~remits:nonce:* ~remits:outcome:* +hset +pexpire +set +hgetall +hget +ping",
-    "intake": "~remits:nonce:* ~remits:nonce-used:* +evalsha +eval +get +del +set +ping",
+    "intake": "~remits:nonce:* ~remits:nonce-used:* +evalsha +eval +get +del +set +wait +ping",
     "endorse": "~remits:endorsement:* ~remits:lock:* +get +set +pttl +del +evalsha +eval +ping",
     # The last clock state of each TPM attestation key (clock monotonicity), nothing else.
     "identity": "~remits:tpm-clock:* +get +set +evalsha +eval +ping",

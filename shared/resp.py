@@ -5,7 +5,7 @@ of CPU per command (pool checkout, retry wrapper, parser layers); every attestat
 ten. This client writes each request (or a whole pipeline) in one call, parses replies with
 hiredis (Redis's own C parser) and matches them to waiters in order, for about 10-20 µs per
 command. It speaks only what REMITS needs: commands, pipelines, scripts (EVALSHA with the NOSCRIPT
-fallback), AUTH/SELECT, TLS and pub/sub for change notifications.
+fallback), AUTH/SELECT, TLS, pub/sub for change notifications, and Redis Sentinel discovery.
 
 A command that gets no reply within ``command_timeout_s`` fails, and the connection is dropped
 (replies are ordered, so one lost reply poisons every later one); the next command reconnects.
@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
@@ -42,20 +42,34 @@ def _dependency_error() -> None:
     dependency_error("redis")
 
 
+_SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
 @dataclass(frozen=True)
 class RedisEndpoint:
+    """Where Redis is. With ``sentinels``, ``host``/``port`` are unused: the address of the
+    master named ``master_name`` is asked of the sentinels on every (re)connection."""
+
     host: str = "127.0.0.1"
     port: int = 6379
     db: int = 0
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str | None = None
+    sentinel_password: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisEndpoint:
+        """``redis://`` / ``rediss://``, or ``redis+sentinel://[user:password@]host:port[,host:port...]
+        /<master-name>[/<db>][?sentinel_password=...]`` (``rediss+sentinel://``: TLS to the data
+        nodes; the sentinels themselves are spoken to in plain TCP)."""
         parts = urlsplit(url)
+        if parts.scheme in _SENTINEL_SCHEMES:
+            return cls._from_sentinel_url(url)
         if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"not a redis:// or rediss:// URL: {url!r}")
+            raise ValueError(f"not a redis://, rediss:// or redis+sentinel:// URL: {url!r}")
         db_text = parts.path.lstrip("/") or "0"
         if not db_text.isdigit():
             raise ValueError(f"database must be a number in {url!r}")
@@ -67,6 +81,62 @@ class RedisEndpoint:
             password=unquote(parts.password) if parts.password else None,
             tls=parts.scheme == "rediss",
         )
+
+    @classmethod
+    def _from_sentinel_url(cls, url: str) -> RedisEndpoint:
+        # urlsplit cannot take several host:port pairs (its .port fails), so the authority is split here.
+        parts = urlsplit(url)
+        userinfo, _, hostlist = parts.netloc.rpartition("@")
+        username: str | None = None
+        password: str | None = None
+        if userinfo:
+            user_text, colon, password_text = userinfo.partition(":")
+            username = unquote(user_text) or None
+            password = unquote(password_text) if colon and password_text else None
+        sentinels: list[tuple[str, int]] = []
+        for item in hostlist.split(","):
+            item = item.strip()
+            if not item:
+                raise ValueError(f"empty sentinel address in {url!r}")
+            if item.startswith("["):  # [ipv6]:port
+                host, _, rest = item[1:].partition("]")
+                port_text = rest[1:] if rest.startswith(":") else ""
+            else:
+                host, _, port_text = item.rpartition(":") if ":" in item else (item, "", "")
+            port_text = port_text or "26379"
+            if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise ValueError(f"bad sentinel address {item!r} in {url!r} (host:port expected)")
+            sentinels.append((host, int(port_text)))
+        path = [unquote(p) for p in parts.path.split("/")[1:]]
+        if path and path[-1] == "":
+            path.pop()
+        if not path or not path[0] or len(path) > 2:
+            raise ValueError(f"a sentinel URL needs /<master-name>[/<db>] after the sentinels: {url!r}")
+        if len(path) == 2 and not path[1].isdigit():
+            raise ValueError(f"database must be a number in {url!r}")
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = set(query) - {"sentinel_password"}
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)} in {url!r} (only sentinel_password)")
+        sentinel_password = query.get("sentinel_password", [""])[-1] or None
+        first_host, first_port = sentinels[0]
+        return cls(
+            host=first_host,
+            port=first_port,
+            db=int(path[1]) if len(path) == 2 else 0,
+            username=username,
+            password=password,
+            tls=parts.scheme == "rediss+sentinel",
+            sentinels=tuple(sentinels),
+            master_name=path[0],
+            sentinel_password=sentinel_password,
+        )
+
+    def describe(self) -> str:
+        if self.sentinels:
+            addresses = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            return f"master {self.master_name!r} via sentinels {addresses}"
+        return f"{self.host}:{self.port}"
 
 
 def encode_command(args: Sequence[Arg]) -> bytes:
@@ -199,29 +269,101 @@ class RespClient:
         return cls(RedisEndpoint.from_url(url), **kwargs)
 
     async def _open(self, on_push: Callable[[Any], None] | None = None) -> _Protocol:
+        if self.endpoint.sentinels:
+            return await self._open_via_sentinel(on_push)
+        return await self._open_at(self.endpoint.host, self.endpoint.port, on_push)
+
+    async def _open_at(
+        self,
+        host: str,
+        port: int,
+        on_push: Callable[[Any], None] | None = None,
+        *,
+        check_role: bool = False,
+        timeout_s: float | None = None,
+    ) -> _Protocol:
         loop = asyncio.get_running_loop()
         ep = self.endpoint
+        timeout_s = self._connect_timeout_s if timeout_s is None else timeout_s
         _, protocol = await asyncio.wait_for(
             loop.create_connection(
-                lambda: _Protocol(), ep.host, ep.port, ssl=self._ssl, server_hostname=ep.host if self._ssl else None
+                lambda: _Protocol(), host, port, ssl=self._ssl, server_hostname=host if self._ssl else None
             ),
-            self._connect_timeout_s,
+            timeout_s,
         )
         setup: list[tuple[Arg, ...]] = []
         if ep.password is not None:
             setup.append(("AUTH", ep.username, ep.password) if ep.username else ("AUTH", ep.password))
         if ep.db:
             setup.append(("SELECT", ep.db))
+        if check_role:
+            setup.append(("ROLE",))  # in the same write as AUTH/SELECT: no extra round trip
         if setup:
             payload = b"".join(encode_command(cmd) for cmd in setup)
             try:
-                await asyncio.wait_for(asyncio.gather(*protocol.send(payload, len(setup))), self._connect_timeout_s)
+                replies = await asyncio.wait_for(
+                    asyncio.gather(*protocol.send(payload, len(setup)), return_exceptions=True), timeout_s
+                )
+                for reply in replies[:-1] if check_role else replies:
+                    if isinstance(reply, BaseException):
+                        raise reply
+                if check_role:
+                    _require_master(replies[-1], host, port)
             except BaseException:
                 assert protocol.transport is not None
                 protocol.transport.close()
                 raise
         protocol._on_push = on_push
         return protocol
+
+    async def _open_via_sentinel(self, on_push: Callable[[Any], None] | None) -> _Protocol:
+        """Ask the sentinels for the master, connect to it and check that it is one (a sentinel can
+        still name the old master for a moment during a failover); try again until the connect
+        timeout."""
+        deadline = time.monotonic() + self._connect_timeout_s
+        last: Exception | None = None
+        while True:
+            try:
+                host, port = await self._master_address(deadline)
+                remaining = max(0.1, deadline - time.monotonic())
+                return await self._open_at(host, port, on_push, check_role=True, timeout_s=remaining)
+            except (OSError, TimeoutError, _NotMaster) as exc:
+                last = exc
+            if time.monotonic() + 0.1 >= deadline:
+                raise RedisConnectionError(f"no master for {self.endpoint.describe()}: {last}") from None
+            await asyncio.sleep(0.1)
+
+    async def _master_address(self, deadline: float) -> tuple[str, int]:
+        """The first answer of ``SENTINEL get-master-addr-by-name``, asking the sentinels in order."""
+        ep = self.endpoint
+        assert ep.master_name is not None
+        loop = asyncio.get_running_loop()
+        problems: list[str] = []
+        for host, port in ep.sentinels:
+            budget = deadline - time.monotonic()
+            if budget <= 0:
+                break
+            # Each sentinel gets at most a second, so one that hangs does not eat the others' time.
+            budget = min(budget, 1.0)
+            protocol: _Protocol | None = None
+            try:
+                _, protocol = await asyncio.wait_for(loop.create_connection(_Protocol, host, port), budget)
+                commands: list[tuple[Arg, ...]] = []
+                if ep.sentinel_password is not None:
+                    commands.append(("AUTH", ep.sentinel_password))
+                commands.append(("SENTINEL", "get-master-addr-by-name", ep.master_name))
+                payload = b"".join(encode_command(cmd) for cmd in commands)
+                replies = await asyncio.wait_for(asyncio.gather(*protocol.send(payload, len(commands))), budget)
+                answer = replies[-1]
+                if isinstance(answer, list) and len(answer) == 2:
+                    return _text(answer[0]), int(answer[1])
+                problems.append(f"{host}:{port} does not know {ep.master_name!r}")
+            except (OSError, TimeoutError, RedisError, ValueError) as exc:
+                problems.append(f"{host}:{port}: {exc!r}")
+            finally:
+                if protocol is not None and protocol.transport is not None:
+                    protocol.transport.close()
+        raise RedisConnectionError("no sentinel answered: " + "; ".join(problems or ["out of time"]))
 
     async def _connection(self) -> _Protocol:
         protocol = self._protocol
@@ -236,7 +378,7 @@ class RespClient:
                     protocol = await self._open()
                 except (OSError, TimeoutError) as exc:
                     _dependency_error()
-                    raise RedisConnectionError(f"cannot connect to {self.endpoint.host}:{self.endpoint.port}: {exc!r}") from None
+                    raise RedisConnectionError(f"cannot connect to {self.endpoint.describe()}: {exc!r}") from None
                 self._protocol = protocol
                 if self._watchdog is None or self._watchdog.done():
                     self._watchdog = asyncio.create_task(self._watch())
@@ -335,6 +477,28 @@ class RespClient:
                     await _maybe_await(on_state(False))
             if not stop.is_set():
                 await asyncio.sleep(0.5)
+
+
+class _NotMaster(Exception):
+    """The node a sentinel named is not (or no longer) a master."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _require_master(reply: Any, host: str, port: int) -> None:
+    if isinstance(reply, RedisError):
+        # A user without +role (the ACL rules of REMITS's components before Sentinel support):
+        # the sentinel's word is taken.
+        if str(reply).startswith("NOPERM"):
+            return
+        raise reply
+    if isinstance(reply, BaseException):
+        raise reply
+    role = _text(reply[0]) if isinstance(reply, list) and reply else repr(reply)
+    if role != "master":
+        raise _NotMaster(f"{host}:{port} is a {role}, not a master")
 
 
 async def _maybe_await(value: Awaitable[None] | None) -> None:
