@@ -55,9 +55,11 @@ def _policy(snapshot: TrustSnapshot, policy_id: str, kind: str, cache: PolicyCac
     if f"{buckets.POLICIES.name}:{policy_id}" in snapshot.broken:
         raise PolicyUnavailable(policy_id, "the stored record does not decode")
     entry = snapshot.policies.get(policy_id)
-    if entry is None:
-        return default_policy(policy_id)
+    # Either way a policy that cannot be had is a named refusal, never a failing worker (a TEE
+    # without a packaged default, or a stored text that does not compile).
     try:
+        if entry is None:
+            return default_policy(policy_id)
         return cache.get_or_compile(policy_id, kind, entry.record.rego, entry.revision)
     except PolicyError as exc:
         raise PolicyUnavailable(policy_id, str(exc)) from None
