@@ -143,6 +143,7 @@ class Stack:
     provision: ProvisionService | None = None
     trust_admin: TrustAdmin | None = None
     _admin_publisher: JetStreamPublisher | None = None
+    audit_bound: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         configure_logging()
@@ -254,6 +255,7 @@ class Stack:
             auth=ctx.auth,
             signer=signer,
             publisher=ctx.publisher,
+            bound=self.audit_bound,
         )
         self._tasks.append(asyncio.create_task(audit, name="audit"))
 
@@ -309,7 +311,10 @@ class Stack:
         )
         if not all(pings):
             failing.append("redis")
-        if not all(runner.bound for runner in self.runners.values()):
+        bound = [runner.bound for runner in self.runners.values()]
+        if "audit" in self.components:
+            bound.append(self.audit_bound.is_set())
+        if not all(bound):
             failing.append("consumers")
         return failing
 

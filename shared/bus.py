@@ -595,16 +595,8 @@ class StageRunner:
         return self._running and self._consumer is not None
 
     async def _watch_lag(self) -> None:
-        """Every few seconds, the durable consumer's backlog into the lag gauges."""
-        while True:
-            try:
-                info = await self.js.consumer_info(self.stream, self.durable)
-                observability.consumer_lag(
-                    self.stream, self.durable, int(info.num_pending or 0), int(info.num_ack_pending or 0)
-                )
-            except Exception as exc:  # disconnected: the next round tries again
-                log.debug("stage.lag_unreadable", stage=self.stage, error=repr(exc))
-            await asyncio.sleep(observability.LAG_INTERVAL_S)
+        """Every few seconds, the durable consumer's backlog into the lag gauges and stats."""
+        await observability.watch_lag(self.js, self.stream, self.durable, self._times)
 
     async def run(self, stop: asyncio.Event) -> None:
         if self._publisher is None:

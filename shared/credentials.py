@@ -48,7 +48,8 @@ EXPECTS: Mapping[str, Mapping[str, frozenset[str]]] = {
     "decide": {"appraised_evidence": frozenset({"measure"}), "rejection": _BEFORE_DECIDE},
     "release": {"decision": frozenset({"decide"}), "resource_request": frozenset({"gateway"})},
     "audit": {"decision": frozenset({"decide"}), "admin_event": frozenset({PROVISION, ADMIN})},
-    "gateway": {"outcome": frozenset({"release"}), "admin_reply": frozenset({PROVISION})},
+    # Decisions too: the fleet dashboard follows them (read only).
+    "gateway": {"outcome": frozenset({"release"}), "admin_reply": frozenset({PROVISION}), "decision": frozenset({"decide"})},
     PROVISION: {"admin_request": frozenset({"gateway"})},
 }
 
@@ -102,7 +103,9 @@ def nats_permissions(component: str) -> dict[str, Any]:
             publish += buckets.write_rights(bucket)
     if component == "gateway":
         publish += [schemas.stage_subject("intake"), schemas.RESOURCE_SUBJECT, schemas.ADMIN_REQUEST_SUBJECT]
-        subscribe += ["remits.outcome.*"]
+        # The fleet dashboard: decisions as they are published, and every process's statistics.
+        publish.append(schemas.STATS_COLLECT_SUBJECT)
+        subscribe += ["remits.outcome.*", "remits.decision.>"]
     elif component in ("intake", "endorse", "identity", "measure", "decide"):
         pub, sub = _consumer_rights(schemas.PIPELINE_STREAM, component)
         publish += [*pub, NEXT_SUBJECT[component], schemas.REJECTION_SUBJECT, schemas.dlq_subject(component)]
@@ -129,18 +132,19 @@ def nats_permissions(component: str) -> dict[str, Any]:
 
 # Redis 6.2 grants commands over all of a user's key patterns together, so each user's patterns and
 # commands are chosen so that no combination is more than the component needs: release reads
-# resources with GET but writes only hashes (HSET), so it cannot overwrite a secret.
+# resources with GET but writes only hashes (HSET), so it cannot overwrite a secret. Every user may
+# ask ROLE: behind Sentinel, a client checks that the server it was sent to is the master.
 REDIS_RULES: Mapping[str, str] = {
-    "gateway": "~remits:session:* ~remits:nonce:* ~remits:outcome:* +hset +pexpire +set +hgetall +hget +ping",
-    "intake": "~remits:nonce:* ~remits:nonce-used:* +evalsha +eval +get +del +set +wait +ping",
-    "endorse": "~remits:endorsement:* ~remits:lock:* +get +set +pttl +del +evalsha +eval +ping",
+    "gateway": "~remits:session:* ~remits:nonce:* ~remits:outcome:* +hset +pexpire +set +hgetall +hget +role +ping",
+    "intake": "~remits:nonce:* ~remits:nonce-used:* +evalsha +eval +get +del +set +wait +role +ping",
+    "endorse": "~remits:endorsement:* ~remits:lock:* +get +set +pttl +del +evalsha +eval +role +ping",
     # The last clock state of each TPM attestation key (clock monotonicity), nothing else.
-    "identity": "~remits:tpm-clock:* +get +set +evalsha +eval +ping",
-    "measure": "+ping",
-    "decide": "~remits:decision:* +set +get +ping",
-    "release": "~remits:session:* ~remits:outcome:* +hset +hget +hgetall +pexpire +evalsha +eval +ping",
-    "audit": "+ping",
-    PROVISION: "+ping",
+    "identity": "~remits:tpm-clock:* +get +set +evalsha +eval +role +ping",
+    "measure": "+role +ping",
+    "decide": "~remits:decision:* +set +get +role +ping",
+    "release": "~remits:session:* ~remits:outcome:* +hset +hget +hgetall +pexpire +evalsha +eval +role +ping",
+    "audit": "+role +ping",
+    PROVISION: "+role +ping",
 }
 
 

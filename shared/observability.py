@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -28,6 +29,13 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+
+from shared.telemetry import get_logger
+
+if TYPE_CHECKING:
+    from shared.stats import StageTimes
+
+_log = get_logger("remits.observability")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -155,6 +163,20 @@ def dependency_error(dependency: str) -> None:
 def consumer_lag(stream: str, consumer: str, pending: int, ack_pending: int) -> None:
     CONSUMER_PENDING.labels(stream, consumer).set(pending)
     CONSUMER_ACK_PENDING.labels(stream, consumer).set(ack_pending)
+
+
+async def watch_lag(js: Any, stream: str, durable: str, times: StageTimes) -> None:
+    """Every ``LAG_INTERVAL_S``, a durable consumer's backlog into the lag gauges and into the
+    stage's statistics (which the fleet dashboard collects); until cancelled."""
+    while True:
+        try:
+            info = await js.consumer_info(stream, durable)
+            pending, ack_pending = int(info.num_pending or 0), int(info.num_ack_pending or 0)
+            consumer_lag(stream, durable, pending, ack_pending)
+            times.pending, times.ack_pending = pending, ack_pending
+        except Exception as exc:  # disconnected: the next round tries again
+            _log.debug("stage.lag_unreadable", stream=stream, consumer=durable, error=repr(exc))
+        await asyncio.sleep(LAG_INTERVAL_S)
 
 
 def exposition() -> bytes:

@@ -489,8 +489,8 @@ def _text(value: Any) -> str:
 
 def _require_master(reply: Any, host: str, port: int) -> None:
     if isinstance(reply, RedisError):
-        # A user without +role (the ACL rules of REMITS's components before Sentinel support):
-        # the sentinel's word is taken.
+        # A user without +role (credentials written before Sentinel support; today's rules grant
+        # it): the sentinel's word is taken.
         if str(reply).startswith("NOPERM"):
             return
         raise reply

@@ -31,6 +31,9 @@ class StageTimes:
     wait: LogHistogram = field(default_factory=LogHistogram)
     service: LogHistogram = field(default_factory=LogHistogram)
     processed: int = 0
+    # The durable consumer's backlog when last read (every few seconds): a gauge, never reset.
+    pending: int = 0
+    ack_pending: int = 0
 
 
 @dataclass
@@ -64,7 +67,12 @@ class ProcessStats:
             "at": time.time(),
             "counters": {**self.counters, **extra_counters},
             "stages": {
-                name: {"wait": t.wait.to_wire(), "service": t.service.to_wire(), "processed": t.processed}
+                name: {
+                    "wait": t.wait.to_wire(),
+                    "service": t.service.to_wire(),
+                    "processed": t.processed,
+                    "lag": {"pending": t.pending, "ack_pending": t.ack_pending},
+                }
                 for name, t in self.stages.items()
             },
         }

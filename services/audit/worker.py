@@ -18,9 +18,10 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 
 from services.audit.chain import AuditChain, AuditChainError, AuditSigner, AuditTailCorrupt, record_line
-from shared import schemas
+from shared import observability, schemas
 from shared.bus import JetStreamPublisher, PullConsumer, ack_fields
 from shared.busauth import BusAuth, Unauthenticated
+from shared.stats import STATS
 from shared.telemetry import get_logger
 
 log = get_logger("remits.audit")
@@ -108,11 +109,13 @@ async def run_audit(
     auth: BusAuth | None = None,
     signer: AuditSigner | None = None,
     publisher: JetStreamPublisher | None = None,
+    bound: asyncio.Event | None = None,
 ) -> None:
     """Chain every decision and admin change into ``log_path`` in stream order, each record
     signed; ack only once its line is on disk (fsync), so a crash replays events and never loses
     one. With ``publisher``, each record is also kept on the audit stream. With ``auth``, only
-    events from their rightful senders are recorded; anything else is a forgery, logged and dropped."""
+    events from their rightful senders are recorded; anything else is a forgery, logged and dropped.
+    ``bound`` is set while its consumer is bound (for readiness probes)."""
     signer = signer or AuditSigner.generate()
     arrived: list[Msg] = []
     wake = asyncio.Event()
@@ -127,6 +130,10 @@ async def run_audit(
         await restore_stream(nc.jetstream(), log_path, chain.index, publisher)
     consumer = PullConsumer(nc, schemas.DECISION_STREAM, "audit", deliver, window=window, expires_s=5.0)
     await consumer.start()
+    if bound is not None:
+        bound.set()
+    times, meter = STATS.stage("audit"), observability.StageMeter("audit")
+    lag = asyncio.create_task(observability.watch_lag(nc.jetstream(), schemas.DECISION_STREAM, "audit", times))
     stopping = asyncio.ensure_future(stop.wait())
     last_checkpoint = time.monotonic()
     unsealed = False
@@ -141,6 +148,7 @@ async def run_audit(
                 waking.cancel()
                 wake.clear()
                 batch, arrived[:] = list(arrived), []
+                started = time.perf_counter()
                 records: list[dict[str, Any]] = []
                 for msg in batch:
                     stream_seq = ack_fields(msg.reply)[1]
@@ -176,7 +184,17 @@ async def run_audit(
                     if not msg.is_acked:
                         await msg.ack()
                         consumer.done()
+                if batch:
+                    # A batch is written and acked together: each of its events took that long.
+                    seconds = time.perf_counter() - started
+                    for _ in batch:
+                        times.service.record(seconds * 1000.0)
+                        meter.done("ok", seconds)
+                    times.processed += len(batch)
         finally:
+            if bound is not None:
+                bound.clear()
+            lag.cancel()
             stopping.cancel()
             await consumer.stop()
             if chain.index and unsealed:

@@ -19,6 +19,7 @@ from joserfc import jwe
 from joserfc.jwk import ECKey
 from nats.aio.client import Client as NATS
 
+from services.gateway.dashboard.feed import DashboardFeed
 from services.gateway.waiter import OutcomeWaiter
 from shared import schemas
 from shared.bus import ROUTE_HEADER, JetStreamPublisher, Publish, route_header
@@ -118,6 +119,7 @@ class Gateway:
         self.store = store
         self.waiter = waiter
         self.token_public_jwk = EarSigner(load_or_create_signing_key(settings.signing_key_path)).public_jwk()
+        self.dashboard = DashboardFeed(nc, auth, self.authorize_admin)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[self._errors])
@@ -130,8 +132,10 @@ class Gateway:
                 web.route("*", "/admin/v1/{tail:.*}", self.admin),
                 web.get("/healthz", self.healthz),
                 web.get("/.well-known/jwks.json", self.jwks),
+                *self.dashboard.routes(),
             ]
         )
+        app.on_shutdown.append(self.dashboard.close)
         return app
 
     @web.middleware
@@ -324,19 +328,43 @@ class Gateway:
         return await self._relay(request, request.method, request.match_info["tail"])
 
     async def _relay(self, request: web.Request, method: str, path: str) -> web.Response:
+        body = await _read_body(request, self.settings.max_body_bytes)
+        return await self.relay_admin(
+            method,
+            path,
+            request.headers.get("Authorization", ""),
+            body,
+            content_type=request.content_type,
+            query=dict(request.query),
+        )
+
+    async def authorize_admin(self, authorization: str) -> tuple[int, bytes]:
+        """Who an admin credential names, as provision (the only holder of admin keys) says:
+        (200, {"actor": ...}) or the refusal's status and body."""
+        answer = await self.relay_admin("GET", "whoami", authorization, b"")
+        return answer.status, bytes(answer.body)  # type: ignore[arg-type]
+
+    async def relay_admin(
+        self,
+        method: str,
+        path: str,
+        authorization: str,
+        body: bytes,
+        content_type: str = "",
+        query: dict[str, str] | None = None,
+    ) -> web.Response:
         if self.relay_key is None:
             return _admin_error(404, "admin.disabled", "this gateway has no relay key for the admin API")
-        body = await _read_body(request, self.settings.max_body_bytes)
         sealed = (
             jwe.encrypt_compact({"alg": "ECDH-ES", "enc": "A256GCM"}, body, self.relay_key) if body else ""
         )
         message = schemas.AdminRequest(
             method=method,
             path=path,
-            authorization=request.headers.get("Authorization", ""),
+            authorization=authorization,
             sealed_body=sealed,
-            content_type=request.content_type,
-            query=dict(request.query),
+            content_type=content_type,
+            query=query or {},
         )
         data = schemas.encode(message)
         headers = (

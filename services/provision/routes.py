@@ -109,6 +109,8 @@ class AdminApi:
         snapshot: TrustSnapshot,
     ) -> Reply:
         collection, rest = parts[0], parts[1:]
+        if collection == "whoami" and method == "GET" and not rest:
+            return Reply(200, {"actor": actor})  # the dashboard's credential check
         if collection == "kbs-resource" and method == "POST" and len(rest) == 3:
             change = await self.admin.put_resource("/".join(rest), body, actor)
             return Reply(200, {"stored": "/".join(rest), **change.as_dict()})

@@ -135,6 +135,8 @@ async def test_each_component_has_only_its_redis_rights(infra: EmbeddedInfra, co
     try:
         for command in REDIS_ALLOWED.get(component, []):
             await client.execute(*command)  # no error
+        # Every user may ask ROLE: behind Sentinel, a client checks it reached the master.
+        assert (await client.execute("ROLE"))[0] == b"master"
         for command in REDIS_REFUSED[component]:
             if command == ("PING",):
                 continue  # every user may PING

@@ -92,6 +92,13 @@ async def test_gateway_metrics_and_readiness_follow_attestations_and_redis(tmp_p
             labels = {"stream": schemas.PIPELINE_STREAM, "consumer": stage}
             assert ("remits_consumer_pending", frozenset(labels.items())) in after
             assert ("remits_consumer_ack_pending", frozenset(labels.items())) in after
+        # The audit consumer too: its lag, and its decisions counted as a stage's messages.
+        audit = frozenset({"stream": schemas.DECISION_STREAM, "consumer": "audit"}.items())
+        assert ("remits_consumer_pending", audit) in after and ("remits_consumer_ack_pending", audit) in after
+        assert await until(
+            lambda: _audit_counted(rs.url, before), 10
+        ), "the audit consumer's messages were not counted"
+        assert rs.stack.audit_bound.is_set()
         # Stats over NATS (`remits bench`) still collected as before.
         assert rs.stack.runners["decide"]._times.processed >= 5
 
@@ -121,6 +128,11 @@ async def _not_ready(url: str) -> tuple[int, dict] | None:  # type: ignore[type-
 
 async def _ready(url: str) -> bool:
     return (await probe(url, "/readyz"))[0] == 200
+
+
+async def _audit_counted(url: str, before: Samples) -> bool:
+    now = await scrape(url)
+    return delta(now, before, "remits_stage_messages_total", stage="audit", outcome="ok") >= 5
 
 
 async def test_worker_serves_probes_and_drains_on_sigterm(tmp_path: Path) -> None:

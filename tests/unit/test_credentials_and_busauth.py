@@ -61,8 +61,8 @@ def test_redis_rules() -> None:
     release = credentials.redis_acl_line("release", "pw")
     # Secrets are no longer in Redis at all: release reaches sessions and outcomes only.
     assert "resource" not in release and "refval" not in release and " +set " not in release
-    assert credentials.redis_acl_line("measure", "pw").endswith("-@all +ping")
-    assert credentials.redis_acl_line("provision", "pw").endswith("-@all +ping")
+    assert credentials.redis_acl_line("measure", "pw").endswith("-@all +role +ping")
+    assert credentials.redis_acl_line("provision", "pw").endswith("-@all +role +ping")
     assert credentials.redis_acl_line("admin", "pw").startswith("user default on #")
     assert "pw" not in release  # only the password's hash is in the ACL file
     assert "-@all" in credentials.redis_acl_line("identity", "pw")
