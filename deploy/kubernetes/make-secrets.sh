@@ -2,7 +2,8 @@
 # Creates (or updates) the Secrets and the ConfigMap that deploy/kubernetes/base expects but does
 # not hold, from `remits creds`:
 #   remits-creds-<component>  one per component (and `admin` for the setup Job), mounted at /credentials
-#   remits-servers            nats-authorization.conf and redis-users.acl (+ the replica and sentinel users)
+#   remits-servers            nats-authorization.conf, nats-cluster-routes.conf (the NATS nodes' route
+#                             credentials) and redis-users.acl (+ the replica and sentinel users)
 #   remits-redis-ha           passwords of those two Redis users (replication, Sentinel)
 #   remits-ear-key            the EAR token signing key (gateway, decide, release)
 #   remits-admin-keys         ConfigMap: the operator's admin public key (provision)
@@ -57,20 +58,31 @@ cp "$out/servers/redis-users.acl" "$out/redis-ha/redis-users.acl"
   echo "user sentinel on #$(hash "$out/redis-ha/sentinel-password") resetkeys allchannels -@all +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info +client|setname +client|kill +script|kill"
 } >> "$out/redis-ha/redis-users.acl"
 
+# 3. The NATS cluster's routes, authenticated by one password the three nodes share.
+[ -f "$out/nats-route-password" ] || openssl rand -hex 32 | tr -d '\n' > "$out/nats-route-password"
+route_password=$(cat "$out/nats-route-password")
+{
+  echo "authorization { user: route, password: \"$route_password\" }"
+  echo "routes: ["
+  for node in 0 1 2; do echo "  nats://route:$route_password@nats-$node.nats:6222"; done
+  echo "]"
+} > "$out/nats-cluster-routes.conf"
+
 kubectl -n "$namespace" create secret generic remits-servers \
   --from-file=nats-authorization.conf="$out/servers/nats-authorization.conf" \
+  --from-file=nats-cluster-routes.conf="$out/nats-cluster-routes.conf" \
   --from-file=redis-users.acl="$out/redis-ha/redis-users.acl" --dry-run=client -o yaml | apply
 kubectl -n "$namespace" create secret generic remits-redis-ha \
   --from-file=replica-password="$out/redis-ha/replica-password" \
   --from-file=sentinel-password="$out/redis-ha/sentinel-password" --dry-run=client -o yaml | apply
 
-# 3. The EAR signing key (P-256, PKCS#8 PEM): shared by decide (signs), release and the gateway.
+# 4. The EAR signing key (P-256, PKCS#8 PEM): shared by decide (signs), release and the gateway.
 [ -f "$out/ear-signing-key.pem" ] || \
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$out/ear-signing-key.pem"
 kubectl -n "$namespace" create secret generic remits-ear-key \
   --from-file=ear-signing-key.pem="$out/ear-signing-key.pem" --dry-run=client -o yaml | apply
 
-# 4. The admin public key the provision component accepts (REMITS_ADMIN_KEYS).
+# 5. The admin public key the provision component accepts (REMITS_ADMIN_KEYS).
 kubectl -n "$namespace" create configmap remits-admin-keys \
   --from-file=operator.pub.pem="$admin_key" --dry-run=client -o yaml | apply
 

@@ -444,20 +444,29 @@ def test_nats_url_lists_the_cluster_nodes(rendered: list[Doc], monkeypatch: pyte
     # Three copies of every stream on three nodes.
     assert int(config["REMITS_REPLICAS"]) == sts["spec"]["replicas"] == 3
     conf = _find(rendered, "ConfigMap", "nats-config")["data"]["nats.conf"]
-    routes = re.findall(r"nats://([\w.-]+):(\d+)", conf.split("routes", 1)[1])
-    assert routes == [(n, str(ports["cluster"])) for n in nodes]
+    # The routes, with their credentials, are what make-secrets.sh writes (one per node).
+    assert not re.search(r"^\s*routes\s*[:=\[]", conf, re.MULTILINE)  # none in the ConfigMap
+    script = MAKE_SECRETS.read_text()
+    loop = re.search(r"for node in ([\d ]+); do echo \"  nats://route:\$route_password@([\w$-]+)\.(\w+):(\d+)\"", script)
+    assert loop, "make-secrets.sh writes no routes"
+    written = [f"{loop.group(2).replace('$node', i)}.{loop.group(3)}" for i in loop.group(1).split()]
+    assert written == nodes and loop.group(4) == str(ports["cluster"])
+    assert re.search(r'authorization \{ user: route, password: \\"\$route_password\\" \}', script)
     assert re.search(rf"^\s*http:\s*0\.0\.0\.0:{ports['monitor']}\s*$", conf, re.MULTILINE)
     assert re.search(r"^\s*server_name:\s*\$POD_NAME\s*$", conf, re.MULTILINE)
     assert re.search(r"^\s*jetstream\s*\{[^}]*store_dir:\s*/data", conf, re.MULTILINE)
     # The users block from the servers Secret is where the include expects it.
-    (include,) = re.findall(r'^\s*include\s+"([^"]+)"', conf, re.MULTILINE)
+    includes = re.findall(r'^\s*include\s+"([^"]+)"', conf, re.MULTILINE)
+    assert sorted(includes) == ["auth/cluster-routes.conf", "auth/nats-authorization.conf"]
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in _pod_spec(sts)["volumes"]}
     config_dir = next(p for p, name in mounts.items() if "configMap" in volumes[name])
-    include_dir, include_file = str(Path(config_dir) / include).rsplit("/", 1)
-    secret = volumes[mounts[include_dir]]["secret"]
-    assert secret["secretName"] == "remits-servers"
-    assert include_file in {item["path"] for item in secret["items"]}
+    for include in includes:
+        include_dir, include_file = str(Path(config_dir) / include).rsplit("/", 1)
+        secret = volumes[mounts[include_dir]]["secret"]
+        assert secret["secretName"] == "remits-servers"
+        (key,) = [item["key"] for item in secret["items"] if item["path"] == include_file]
+        assert f"--from-file={key}=" in script, key  # the Secret holds that key
     assert "/data" in mounts and mounts["/data"] in {
         t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]
     }
