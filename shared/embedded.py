@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -172,7 +173,11 @@ def nats_cluster(
     base = workdir / "nats-cluster"
     base.mkdir(parents=True, exist_ok=True)
     ports = [(free_port(), free_port(), free_port()) for _ in range(size)]  # client, route, monitor
-    routes = ", ".join(f"nats-route://127.0.0.1:{route}" for _, route, _ in ports)
+    # Routes authenticate with a password the nodes share: a local process that finds a route
+    # port cannot join the cluster and read every subject.
+    route_password = secrets.token_hex(24)
+    routes = ", ".join(f"nats-route://route:{route_password}@127.0.0.1:{route}" for _, route, _ in ports)
+    route_auth = f'authorization {{ user: route, password: "{route_password}" }}'
     nodes = []
     for index, (port, route, monitor) in enumerate(ports, start=1):
         name = f"n{index}"
@@ -185,13 +190,16 @@ def nats_cluster(
             f"listen: 127.0.0.1:{port}",
             f"http: 127.0.0.1:{monitor}",
             f'jetstream {{\n  store_dir: "{store}"\n}}',
-            f'cluster {{\n  name: "{CLUSTER_NAME}"\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}',
+            f'cluster {{\n  name: "{CLUSTER_NAME}"\n  listen: 127.0.0.1:{route}\n  {route_auth}\n'
+            f"  routes: [{routes}]\n}}",
         ]
         if credentials_dir is not None:
             # nats-server reads an include relative to the including file.
             users = os.path.relpath(credentials_dir / "nats-authorization.conf", conf.parent)
             lines.append(f'include "{users}"')
-        conf.write_text("\n".join(lines) + "\n")
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the route password
+        with os.fdopen(fd, "w") as out:
+            out.write("\n".join(lines) + "\n")
         argv = [nats_server_binary(), "-c", str(conf)]
         nodes.append(ManagedServer(f"nats-{name}", argv, port, base / f"{name}.log", monitor_port=monitor))
     if start:

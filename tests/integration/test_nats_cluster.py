@@ -281,3 +281,39 @@ def test_a_seed_list_and_the_replica_count_come_from_the_environment(monkeypatch
     assert nats_urls(settings.nats_url) == ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
     assert settings.replicas == 3
     assert nats_urls("nats://one:4222") == ["nats://one:4222"]
+
+
+def test_a_route_without_the_cluster_password_is_refused(cluster: EmbeddedInfra, tmp_path: Path) -> None:
+    """The nodes' routes authenticate: a nats-server that finds a route port cannot join the
+    cluster (and so cannot read every subject), while the three nodes stay routed to each other."""
+    import json
+    import urllib.request
+
+    from shared.embedded import nats_server_binary
+
+    node = cluster.nats_nodes[0]
+    conf = Path(node.argv[node.argv.index("-c") + 1]).read_text()
+    assert (Path(node.argv[node.argv.index("-c") + 1]).stat().st_mode & 0o777) == 0o600
+    route_port = int(re.search(r"cluster \{\s*name: \"[\w-]+\"\s*listen: 127\.0\.0\.1:(\d+)", conf).group(1))  # type: ignore[union-attr]
+    monitor, client_port = free_port(), free_port()
+    rogue_conf = tmp_path / "rogue.conf"
+    rogue_conf.write_text(
+        f'server_name: "rogue"\nlisten: 127.0.0.1:{client_port}\nhttp: 127.0.0.1:{monitor}\n'
+        f'cluster {{\n  name: "{CLUSTER_NAME}"\n  listen: 127.0.0.1:{free_port()}\n'
+        f"  routes: [nats-route://127.0.0.1:{route_port}]\n}}\n"
+    )
+    rogue = ManagedServer(
+        "rogue", [node.argv[0], "-c", str(rogue_conf)], client_port, tmp_path / "rogue.log", monitor_port=monitor
+    )
+    assert Path(nats_server_binary()) == Path(node.argv[0])
+    rogue.start()
+    try:
+        time.sleep(3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/routez", timeout=2) as answer:
+            assert json.load(answer)["num_routes"] == 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.monitor_port}/routez", timeout=2) as answer:
+            peers = {r.get("remote_name") for r in json.load(answer)["routes"]}
+        assert "rogue" not in peers and len(peers - {None}) == 2, peers
+        assert "authentication error" in node.log_path.read_text().lower()
+    finally:
+        rogue.stop()
