@@ -297,6 +297,20 @@ class PublishError(Exception):
     """JetStream did not store a message (no stream, an API error, or no answer in time)."""
 
 
+class StreamUnavailable(PublishError):
+    """Nothing stored the message, for now: no server had interest in the subject ("no
+    responders": e.g. the stream's leader is lost and no other replica is elected yet), or
+    JetStream answered 503. Publishing it again, with its de-duplication id, is safe."""
+
+
+# A publish that meets a stream without a leader tries again until this long after its first
+# attempt (and at least until the publisher's timeout): a JetStream leader election after the loss
+# of a node takes several seconds (the Raft election timeout is 4-9 s).
+RETRY_UNAVAILABLE_S = 15.0
+# How long a message out of deliveries is retried for its dead letter and rejection.
+DEAD_LETTER_RETRY_S = 60.0
+
+
 class JetStreamPublisher:
     """Publishes to JetStream and awaits each PubAck without a timer per message."""
 
@@ -338,13 +352,15 @@ class JetStreamPublisher:
         if data.startswith(b'{"stream"'):
             future.set_result(None)
         elif msg.headers and msg.headers.get("Status") == "503":
-            future.set_exception(PublishError(f"no stream stores {msg.subject!r} (no responders)"))
+            future.set_exception(StreamUnavailable(f"no stream stores {msg.subject!r} (no responders)"))
         else:
             try:
                 error = json.loads(data).get("error")
             except ValueError:
                 error = data[:200]
-            if error:
+            if isinstance(error, dict) and error.get("code") == 503:
+                future.set_exception(StreamUnavailable(f"JetStream unavailable: {error}"))
+            elif error:
                 future.set_exception(PublishError(f"JetStream refused the message: {error}"))
             else:
                 future.set_result(None)
@@ -361,10 +377,25 @@ class JetStreamPublisher:
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
         """Store one message; with a key, tagged as this component's (over its subject, its
-        de-duplication id and its payload)."""
+        de-duplication id and its payload). While nothing stores it for now (StreamUnavailable:
+        the stream has no leader), the same message (same de-duplication id) is sent again, for
+        up to ``RETRY_UNAVAILABLE_S``; any other failure is raised at once."""
         if self._auth is not None:
             headers = dict(headers or {})
             headers[MAC_HEADER] = self._auth.sign(subject, payload, headers.get("Nats-Msg-Id", ""))
+        deadline = time.monotonic() + max(RETRY_UNAVAILABLE_S, self._timeout_s)
+        delay = 0.05
+        while True:
+            try:
+                await self._publish_once(subject, payload, headers)
+                return
+            except StreamUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _publish_once(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> None:
         token = str(next(self._tokens))
         future = asyncio.get_running_loop().create_future()
         self._pending[token] = (future, time.monotonic())
@@ -588,6 +619,7 @@ class StageRunner:
         self._meter = observability.StageMeter(stage)
         self.processed = 0
         self._running = False
+        self._letters: set[asyncio.Task[None]] = set()  # exhausted messages being dead-lettered
 
     @property
     def bound(self) -> bool:
@@ -636,6 +668,8 @@ class StageRunner:
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=5)
             await advisory.unsubscribe()
+            if self._letters:
+                await asyncio.wait(self._letters, timeout=5)
             if self._owns_publisher and self._publisher is not None:
                 await self._publisher.stop()
             log.info("stage.stopped", stage=self.stage, processed=self.processed)
@@ -748,24 +782,46 @@ class StageRunner:
             await msg.in_progress()
 
     async def _on_max_deliveries(self, advisory: Msg) -> None:
+        # Each in a task of its own: one that waits (a stream without a leader, a slow answer)
+        # must not hold up the next advisory.
+        task = asyncio.create_task(self._dead_letter_exhausted(advisory.data))
+        self._letters.add(task)
+        task.add_done_callback(self._letters.discard)
+
+    async def _dead_letter_exhausted(self, data: bytes) -> None:
+        """A message out of deliveries: its dead letter, and the caller's one (rejected)
+        decision. The consumer will not deliver it again, so this is its last chance to be
+        answered: tried again while the bus cannot take it (e.g. during a leader election)."""
         try:
-            event: dict[str, Any] = json.loads(advisory.data)
+            event: dict[str, Any] = json.loads(data)
             seq = int(event["stream_seq"])
             deliveries = int(event.get("deliveries", 0))
-            raw = await self.js.get_msg(self.stream, seq)
         except Exception as exc:
             log.error("stage.advisory_unreadable", stage=self.stage, error=repr(exc))
             return
-        headers = {k: str(v) for k, v in (raw.headers or {}).items()}
-        await self.dead_letter(
-            self.stage, raw.data or b"", headers, "pipeline.max_deliveries_exceeded", deliveries
-        )
-        if self.stream != schemas.PIPELINE_STREAM:
-            return  # the decision stream is the audit record: nothing is removed from it
-        try:
-            await self.js.delete_msg(self.stream, seq)
-        except Exception as exc:  # already removed by another replica
-            log.info("stage.dead_letter_delete_skipped", error=repr(exc))
+        deadline = time.monotonic() + DEAD_LETTER_RETRY_S
+        delay = 0.2
+        while True:
+            try:
+                raw = await self.js.get_msg(self.stream, seq)
+                headers = {k: str(v) for k, v in (raw.headers or {}).items()}
+                await self.dead_letter(
+                    self.stage, raw.data or b"", headers, "pipeline.max_deliveries_exceeded", deliveries
+                )
+                break
+            except NotFoundError:  # acknowledged after all, or removed: nothing to answer
+                log.info("stage.dead_letter_gone", stage=self.stage, seq=seq)
+                return
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("stage.dead_letter_failed", stage=self.stage, seq=seq, error=repr(exc))
+                    return
+                log.warning("stage.dead_letter_retry", stage=self.stage, seq=seq, error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        # The exhausted message itself stays where it is (the consumer will not deliver it again)
+        # until the stream's max_age: deleting it would take a right over every stage's
+        # messages, which no stage holds.
 
 
 async def publish(js: JetStreamContext, item: Publish, request_id: str) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     faults = sub.add_parser(
         "faults",
-        help="fault injection: kill stages, stop NATS/Redis, break the vendor, poison the bus, skew clocks",
+        help="fault injection: kill stages, stop NATS/Redis, kill a NATS cluster node, fail Redis over, break the "
+        "vendor, poison the bus, skew clocks",
     )
     commands = faults.add_subparsers(dest="faults_command", required=True)
     run = commands.add_parser(
@@ -20,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="run every fault under load and count lost, duplicated and unaffirmed releases",
         description=(
             "Starts NATS, Redis, the sample vendor and one process per REMITS component, runs a "
-            "small fleet under load, injects each fault in turn, and writes the results table."
+            "small fleet under load, injects each fault in turn, and writes the results table. The "
+            "high-availability faults run afterwards on a 3-node NATS cluster and Redis Sentinel."
         ),
     )
     run.add_argument("--long", action="store_true", help="a soak: longer faults and more load (not for CI)")
@@ -29,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     run.add_argument("--out", type=Path, help="write the markdown results here (e.g. docs/reliability.md)")
     run.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    run.add_argument(
+        "--keep-logs", type=Path, metavar="DIR", help="copy every process's and server's log here at the end"
+    )
     run.add_argument(
         "--cache-dir",
         type=Path,
@@ -51,7 +56,14 @@ def _run(args: argparse.Namespace) -> int:
         + (f" --only {args.only!r}" if args.only else "")
     )
     result = asyncio.run(
-        suite.run_suite(long=args.long, only=args.only, cache_dir=cache_dir, issued=issued, command=command)
+        suite.run_suite(
+            long=args.long,
+            only=args.only,
+            cache_dir=cache_dir,
+            issued=issued,
+            command=command,
+            keep_logs=args.keep_logs,
+        )
     )
     text = markdown.render(result)
     if args.out:

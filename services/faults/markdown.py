@@ -64,6 +64,16 @@ def render(result: fs.Result) -> str:
         f"budget. {fs.REATTEST_DEVICES} simulated sample-TEE devices attest once before the first fault "
         "(their endorsements are then cached).",
         "",
+        f"The high-availability rows (NATS cluster node SIGKILL, Redis Sentinel failover) run after the others "
+        f"on infrastructure of their own, set up the same way: a {fs.NATS_NODES}-node JetStream cluster "
+        f"(`REMITS_REPLICAS={fs.NATS_NODES}`: every stream, durable consumer and trust bucket with "
+        f"{fs.NATS_NODES} replicas; every client has the three seed URLs) and Redis behind Sentinel (a "
+        f"primary, {fs.REDIS_REPLICAS} replicas, {fs.SENTINELS} sentinels with a quorum of "
+        f"{fs.SENTINELS // 2 + 1}; every component on a `redis+sentinel://` URL listing the sentinels, so a "
+        "nonce consumption waits for one replica). The NATS row kills the node that leads the pipeline "
+        "stream; both rows restart the killed server after the outage, and count the time to recover from "
+        "the kill, since neither needs the restart to recover.",
+        "",
         f"For each fault, {timing.concurrency} guests at a time run the KBS flow over HTTP, each flow a "
         "new session: `POST /kbs/v0/auth`, one `POST /kbs/v0/attest`, then `GET "
         "/kbs/v0/resource/default/key/demo` — always, also after a failed attestation, to check that "
@@ -97,7 +107,8 @@ def render(result: fs.Result) -> str:
         "- **time to recover**: from the end of the fault (the moment the suite started the killed "
         "process or server again, sent SIGCONT, or put the vendor or the clocks right) to the end of "
         "the first fully successful flow (affirming token, secret released) that began at or after "
-        "that moment. It includes the restarted process's own start-up.",
+        "that moment. It includes the restarted process's own start-up. For the two high-availability "
+        "rows it is counted from the kill (the cluster and Sentinel recover without the restart).",
         "- **pass**: 0 lost, 0 duplicated, 0 secrets without affirming, and a recovery. 503s and "
         "rejections with a reason during the fault are allowed, as long as each submitted attestation "
         "has one decision.",
@@ -126,9 +137,9 @@ def render(result: fs.Result) -> str:
             f"- Redis SIGSTOP is {timing.sigstop_s:g} s in the default (CI) run; 10 s is the `--long` run's."
         )
     lines += [
-        "- Faults not in the suite: a NATS cluster (node loss, leader change), network partitions and "
-        "packet loss, disk full, and the AMD KDS / Intel PCS endorsement servers (only the sample "
-        "vendor's is made to fail).",
+        "- Faults not in the suite: network partitions and packet loss (also between cluster nodes), the "
+        "loss of more than one NATS node or of the Sentinel quorum, disk full, and the AMD KDS / Intel PCS "
+        "endorsement servers (only the sample vendor's is made to fail).",
         "",
     ]
     return "\n".join(lines)

@@ -5,7 +5,10 @@ can be made to hang or answer 500, 429 or garbage), and the REMITS components on
 (as `remits bench --layout split` runs them, so that one stage can be SIGKILLed). Then, fault by
 fault, a closed-loop load of simulated guests runs the KBS flow over HTTP (auth, attest, and
 always a resource fetch, also after a failed attestation, to check that the release stage never
-hands out the secret without an affirming token) while the fault is injected and cleared.
+hands out the secret without an affirming token) while the fault is injected and cleared. The
+high-availability rows then run the same way on infrastructure of their own, started once for both:
+a three-node JetStream cluster (``REMITS_REPLICAS=3``) and Redis behind Sentinel (a primary, two
+replicas, three sentinels; ``redis+sentinel://`` URLs).
 
 What counts (one row per fault):
 
@@ -32,7 +35,10 @@ import contextlib
 import itertools
 import os
 import platform
+import re
+import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -55,7 +61,16 @@ from shared.bus import ROUTE_HEADER, ensure_topology, route_header
 from shared.config import Settings
 from shared.connections import connect_nats, identity_of
 from shared.ear import CPU_SUBMOD, K_STATUS, K_VECTOR, submod_status
-from shared.embedded import ManagedServer, free_port, nats_server, redis_server
+from shared.embedded import (
+    CLUSTER_NAME,
+    ManagedServer,
+    free_port,
+    nats_cluster,
+    nats_server,
+    redis_server,
+    redis_server_binary,
+    wait_for_cluster,
+)
 from shared.trust.operator import operator_trust
 
 RESOURCE = "default/key/demo"
@@ -80,6 +95,13 @@ VENDOR_HANG_S = 8.0  # longer than the endorsement fetch timeout (shared/fetch.p
 # 503 reasons by which the gateway says the request was not queued (shared by /auth and /attest).
 NOT_QUEUED = frozenset({"bus.unavailable", "store.unavailable", "pipeline.unavailable"})
 REATTEST_DEVICES = 64
+# The high-availability rows run on their own infrastructure: a three-node JetStream cluster
+# (every stream, consumer and bucket with three replicas) and Redis behind Sentinel (a primary,
+# two replicas, three sentinels with a quorum of two).
+NATS_NODES = 3
+REDIS_REPLICAS = 2
+SENTINELS = 3
+SENTINEL_MASTER = "remits"
 FRESH_PER_ROW = 1200
 VENDOR_FAULTS = ("hang", "500", "429", "garbage")
 POISON = b"\x93not msgpack of a stage message"
@@ -233,6 +255,41 @@ class Load:
             flow.status = "bad-body"
 
 
+# -- Redis Sentinel, spoken to directly (RESP over a socket; for readiness checks only) --------------
+
+
+def _redis_command(port: int, *commands: tuple[str, ...], timeout_s: float = 1.0) -> bytes:
+    """The raw answers to ``commands`` (RESP arrays) from 127.0.0.1:port; b"" if it does not answer."""
+    payload = b"".join(
+        f"*{len(c)}\r\n".encode() + b"".join(f"${len(a.encode())}\r\n{a}\r\n".encode() for a in c)
+        for c in commands
+    )  # fmt: skip
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as conn:
+            conn.sendall(payload + b"*1\r\n$4\r\nPING\r\n")
+            answer = b""
+            while not answer.endswith(b"+PONG\r\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            return answer
+    except OSError:
+        return b""
+
+
+def _sentinel_master_state(port: int) -> dict[str, str]:
+    """SENTINEL MASTER's fields (flat bulk strings, key then value), as text."""
+    answer = _redis_command(port, ("SENTINEL", "MASTER", SENTINEL_MASTER))
+    items = re.findall(rb"\$\d+\r\n([^\r]*)\r\n", answer)
+    return {items[i].decode(): items[i + 1].decode() for i in range(0, len(items) - 1, 2)}
+
+
+def _replicas_online(port: int, password: str) -> int:
+    answer = _redis_command(port, ("AUTH", "default", password), ("INFO", "replication"))
+    return len(re.findall(rb"slave\d+:[^\r]*state=online", answer))
+
+
 # -- the vendor, with faults -----------------------------------------------------------------------
 
 
@@ -270,6 +327,7 @@ class Row:
     fault_end: float = 0.0
     duration_s: float = 0.0
     note: str = ""
+    inject_note: str | None = None
     poison_ids: list[str] = field(default_factory=list)
     # Filled in by the final count:
     submitted: int = 0
@@ -346,18 +404,27 @@ class FaultSpec:
     inject: Step | None  # injects, holds, clears; sets row.fault_end
     fresh_devices: bool = False  # new chips (an endorsement fetch each)
     not_run: str = ""
+    ha: bool = False  # runs on the NATS cluster and Redis Sentinel set, not the single servers
 
 
 class Suite:
     def __init__(
-        self, workdir: Path, timing: Timing, cache_dir: Path, issued: simulated_fleet.Issued
-    ) -> None:
+        self, workdir: Path, timing: Timing, cache_dir: Path, issued: simulated_fleet.Issued, *,
+        ha: bool = False,
+    ) -> None:  # fmt: skip
         self.workdir = workdir
         self.timing = timing
         self.cache_dir = cache_dir
         self.issued = issued
+        self.ha = ha
         self.nats: ManagedServer | None = None
         self.redis: ManagedServer | None = None
+        # With ``ha``: the cluster's nodes, the Redis data nodes (the first the initial primary)
+        # and the sentinels.
+        self.nats_nodes: list[ManagedServer] = []
+        self.redis_nodes: list[ManagedServer] = []
+        self.sentinels: list[ManagedServer] = []
+        self.request_ids: dict[str, str] = {}  # session -> request id, as seen on the intake subject
         self.vendor = FaultyVendor()
         self.settings: Settings | None = None
         self.processes: dict[str, asyncio.subprocess.Process] = {}
@@ -378,10 +445,22 @@ class Suite:
         creds_dir = self.workdir / "data" / "credentials"
         credentials.ensure_credentials(creds_dir)
         infra = self.workdir / "infra"
-        self.nats = nats_server(infra, credentials_dir=creds_dir)
-        self.redis = redis_server(infra, credentials_dir=creds_dir)
-        for server in (self.nats, self.redis):
-            await asyncio.to_thread(server.start)
+        if self.ha:
+            self.nats_nodes = await asyncio.to_thread(nats_cluster, infra, NATS_NODES, creds_dir)
+            await asyncio.to_thread(self._start_sentinel_set, infra, creds_dir)
+            nats_url = ",".join(f"nats://127.0.0.1:{node.port}" for node in self.nats_nodes)
+            sentinels = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+            redis_url, replicas = f"redis+sentinel://{sentinels}/{SENTINEL_MASTER}/0", NATS_NODES
+        else:
+            self.nats = nats_server(infra, credentials_dir=creds_dir)
+            self.redis = redis_server(infra, credentials_dir=creds_dir)
+            for server in (self.nats, self.redis):
+                await asyncio.to_thread(server.start)
+            nats_url, redis_url = (
+                f"nats://127.0.0.1:{self.nats.port}",
+                f"redis://127.0.0.1:{self.redis.port}/0",
+            )
+            replicas = 1
         data_dir = self.workdir / "data"
         install_trust({"sample": self.issued}, data_dir)
         vendor = self.issued.vendor
@@ -394,8 +473,8 @@ class Suite:
         self._vendor_runner, kds_url = await serve(app, "127.0.0.1", 0)
         self.port = free_port()
         self.settings = Settings(
-            nats_url=f"nats://127.0.0.1:{self.nats.port}", redis_url=f"redis://127.0.0.1:{self.redis.port}/0",
-            data_dir=data_dir, http_port=self.port, credentials_dir=creds_dir, sample_kds_url=kds_url,
+            nats_url=nats_url, redis_url=redis_url, replicas=replicas, data_dir=data_dir, http_port=self.port,
+            credentials_dir=creds_dir, sample_kds_url=kds_url,
             ack_wait_s=ACK_WAIT_S, request_timeout_s=REQUEST_TIMEOUT_S, fetch_timeout_s=PULL_TIMEOUT_S,
         )  # fmt: skip
         operator = identity_of(self.settings, credentials.ADMIN)
@@ -421,11 +500,71 @@ class Suite:
         await load.run()
         await pool.close()
         ok = sum(f.ok for f in load.flows)
-        log(f"{len(COMPONENTS)} REMITS processes up; {ok}/{len(guests)} devices primed")
+        where = "a 3-node NATS cluster and Redis Sentinel" if self.ha else "single NATS and Redis servers"
+        log(f"{len(COMPONENTS)} REMITS processes up on {where}; {ok}/{len(guests)} devices primed")
+
+    def _start_sentinel_set(self, infra: Path, creds_dir: Path) -> None:
+        """A Redis primary with its replicas and sentinels (each with the ACL users; replicas and
+        sentinels authenticate to the data nodes as the operator), replicated and known to every
+        sentinel when this returns."""
+        password = credentials.load(creds_dir, credentials.ADMIN).redis_password
+        for index in range(1 + REDIS_REPLICAS):
+            port = free_port()
+            data = infra / f"redis-{index}"
+            data.mkdir(parents=True, exist_ok=True)
+            argv = [
+                redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                "--appendonly", "no", "--dir", str(data), "--maxclients", "10000",
+                "--aclfile", str(creds_dir / "redis-users.acl"), "--masteruser", "default", "--masterauth", password,
+            ]  # fmt: skip
+            if index:
+                argv += ["--replicaof", "127.0.0.1", str(self.redis_nodes[0].port)]
+            node = ManagedServer(f"redis-{index}", argv, port, infra / f"redis-{index}.log")
+            node.start()
+            self.redis_nodes.append(node)
+        primary = self.redis_nodes[0].port
+        for index in range(SENTINELS):
+            port = free_port()
+            conf = infra / f"sentinel-{index}.conf"  # a sentinel rewrites its file: writable
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {infra}\nsentinel resolve-hostnames no\n"
+                f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary} {SENTINELS // 2 + 1}\n"
+                f"sentinel auth-user {SENTINEL_MASTER} default\nsentinel auth-pass {SENTINEL_MASTER} {password}\n"
+                f"sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n"
+                f"sentinel failover-timeout {SENTINEL_MASTER} 5000\n"
+                f"sentinel parallel-syncs {SENTINEL_MASTER} {REDIS_REPLICAS}\n"
+            )
+            sentinel = ManagedServer(
+                f"sentinel-{index}", [redis_server_binary(), str(conf), "--sentinel"], port, infra / f"sentinel-{index}.log"
+            )  # fmt: skip
+            sentinel.start()
+            self.sentinels.append(sentinel)
+        # Ready: every sentinel knows the replicas and the other sentinels (else a failover
+        # could not be agreed), and the primary has its replicas in sync.
+        deadline = time.monotonic() + 30
+        while True:
+            states = [_sentinel_master_state(s.port) for s in self.sentinels]
+            synced = _replicas_online(primary, password)
+            if synced >= REDIS_REPLICAS and all(
+                st.get("num-slaves") == str(REDIS_REPLICAS)
+                and st.get("num-other-sentinels") == str(SENTINELS - 1)
+                for st in states
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Sentinel set is not ready: {states}, {synced} replicas in sync")
+            time.sleep(0.2)
+
+    def nats_node(self, server_name: str) -> ManagedServer:
+        return next(
+            n for n in self.nats_nodes if server_name == f"{CLUSTER_NAME}-{n.name.removeprefix('nats-')}"
+        )
 
     async def _on_intake(self, msg: Any) -> None:
         with contextlib.suppress(Exception):
-            self.submitted_seen.add(schemas.decode_stage(msg.data).meta.session_id)
+            meta = schemas.decode_stage(msg.data).meta
+            self.submitted_seen.add(meta.session_id)
+            self.request_ids[meta.session_id] = meta.request_id
 
     def pool(self) -> HttpPool:
         return HttpPool(
@@ -493,7 +632,8 @@ class Suite:
                 await self.nc.close()
         if self._vendor_runner is not None:
             await self._vendor_runner.cleanup()
-        for server in (self.redis, self.nats):
+        servers = [self.redis, self.nats, *self.sentinels, *self.redis_nodes, *self.nats_nodes]
+        for server in servers:
             if server is not None:
                 if server.proc is not None and server.proc.poll() is None:
                     with contextlib.suppress(ProcessLookupError):
@@ -587,13 +727,21 @@ class Suite:
             if f.resource_status == "200" and f.token_status != "affirming"
             and f.session not in self.decisions.affirmed
         )  # fmt: skip
+        if row.inject_note is None:  # what the fault itself noted; scoring runs twice
+            row.inject_note = row.note
+        notes = [row.inject_note] if row.inject_note else []
+        lost = sorted(s for s in submitted if counts[s] == 0)
+        if lost:
+            shown = ", ".join(f"session {s} request {self.request_ids.get(s, '?')}" for s in lost[:5])
+            notes.append(f"lost: {shown}" + (f" and {len(lost) - 5} more" if len(lost) > 5 else ""))
         unstored = self.published_not_queued(row)
         if unstored:
-            row.note = (
+            notes.append(
                 f"{unstored} /attest answered 503 (not queued) were seen on the intake subject but have "
                 f"no decision {2 * ACK_WAIT_S + 2:g} s on and at the end of the run: JetStream did not store "
                 "them (core NATS delivered the publish), so they are not counted as submitted"
             )
+        row.note = "; ".join(notes)
         after = [f.ended - row.fault_end for f in row.flows if f.ok and f.started >= row.fault_end]
         row.recovery_s = round(min(after), 2) if after else None
 
@@ -667,6 +815,44 @@ async def redis_sigstop(suite: Suite, row: Row) -> None:
     finally:
         row.fault_end = time.monotonic()
         suite.redis.proc.send_signal(signal.SIGCONT)
+
+
+async def nats_node_kill(suite: Suite, row: Row) -> None:
+    """SIGKILL of the cluster node that leads the pipeline stream (the worst one to lose: every
+    stage publishes there), restarted on its ports and store after the outage."""
+    leader = (await suite.js.stream_info(schemas.PIPELINE_STREAM)).cluster.leader
+    node = suite.nats_node(leader)
+    await asyncio.to_thread(node.kill)
+    row.fault_end = time.monotonic()  # recovery needs no restart: counted from the kill
+    row.note = f"killed {leader}, the leader of the {schemas.PIPELINE_STREAM} stream"
+    await asyncio.sleep(suite.timing.outage_s)
+    await asyncio.to_thread(node.start)
+    started = time.monotonic()
+    await asyncio.to_thread(wait_for_cluster, suite.nats_nodes, 60.0)
+    row.note += f"; restarted after {suite.timing.outage_s:g} s, every group led again {time.monotonic() - started:.1f} s later"
+
+
+async def redis_failover(suite: Suite, row: Row) -> None:
+    """SIGKILL of the Redis primary; the sentinels promote a replica and the clients follow.
+    The old primary is started again (empty) after the outage and rejoins as a replica."""
+    primary = suite.redis_nodes[0]
+    await asyncio.to_thread(primary.kill)
+    row.fault_end = time.monotonic()  # recovery needs no restart: counted from the kill
+    promoted = ""
+    deadline = time.monotonic() + suite.timing.max_after_s
+    while time.monotonic() < deadline:
+        state = await asyncio.to_thread(_sentinel_master_state, suite.sentinels[0].port)
+        if state.get("port") and state["port"] != str(primary.port):
+            promoted = f"127.0.0.1:{state['port']}"
+            break
+        await asyncio.sleep(0.1)
+    row.note = (
+        f"the first sentinel named {promoted} the primary {time.monotonic() - row.fault_end:.1f} s after the kill"
+        if promoted else "no promotion seen"
+    )  # fmt: skip
+    await asyncio.sleep(max(0.0, row.fault_end + suite.timing.outage_s - time.monotonic()))
+    await asyncio.to_thread(primary.start)
+    row.note += f"; the old primary restarted after {suite.timing.outage_s:g} s"
 
 
 def vendor_fault(mode: str) -> Step:
@@ -782,6 +968,17 @@ def fault_specs(timing: Timing) -> list[FaultSpec]:
                       f"{timing.skew_s:g} s (gateway, endorse, identity, measure, release on the machine's)",
                       clock_skew(offset))
         )  # fmt: skip
+    specs += [
+        FaultSpec("NATS cluster node SIGKILL", f"SIGKILL of one node of a {NATS_NODES}-node JetStream cluster "
+                  f"(the pipeline stream's leader; streams, consumers and buckets with {NATS_NODES} replicas), "
+                  f"restarted on the same ports and store after {timing.outage_s:g} s; time to recover counted "
+                  "from the kill", nats_node_kill, ha=True),
+        FaultSpec("Redis Sentinel failover", f"SIGKILL of the Redis primary ({REDIS_REPLICAS} replicas, "
+                  f"{SENTINELS} sentinels, quorum {SENTINELS // 2 + 1}, down after 1 s); the sentinels promote "
+                  "a replica and the clients (redis+sentinel:// URLs) follow; the old primary is restarted "
+                  f"after {timing.outage_s:g} s and rejoins as a replica; time to recover counted from the kill",
+                  redis_failover, ha=True),
+    ]  # fmt: skip
     return specs
 
 
@@ -819,6 +1016,7 @@ def preissue(long: bool, cache_dir: Path) -> simulated_fleet.Issued:
 async def run_suite(
     *, long: bool = False, only: str | None = None, cache_dir: Path | None = None,
     issued: simulated_fleet.Issued | None = None, command: str = "remits faults run",
+    keep_logs: Path | None = None,
 ) -> Result:  # fmt: skip
     cache_dir = cache_dir or simulated_fleet.DEFAULT_CACHE_DIR
     if issued is None:
@@ -832,28 +1030,57 @@ async def run_suite(
     started_at = datetime.now(UTC)
     began = time.monotonic()
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="remits-faults-") as tmp:
-        suite = Suite(Path(tmp), timing, cache_dir, issued)
-        try:
-            await suite.start()
-            for spec in specs:
-                log(f"{spec.name}: {spec.fault}")
-                try:
-                    row = await suite.run_row(spec)
-                except Exception as exc:  # one broken row must not hide the others
-                    row = Row(spec.name, spec.fault, not_run=f"the suite failed: {exc!r}"[:200])
-                rows.append(row)
-                log(
-                    f"{row.name}: submitted {row.submitted}, once {row.decided_once}, lost {row.lost}, "
-                    f"dup {row.duplicated}, unaffirmed secrets {row.unaffirmed_secrets}, "
-                    f"recovered in {row.recovery_s} s; {row.statuses_text()} {row.note}"
-                )
-            # Late redeliveries would show up as duplicates: read the stream once more at the end.
-            await asyncio.sleep(ACK_WAIT_S + 1)
-            await suite.read_decisions()
-            for row in rows:
-                if not row.not_run:
-                    suite.score(row)
-        finally:
-            await suite.stop()
+    single = [s for s in specs if not s.ha]
+    ha = [s for s in specs if s.ha]
+    for group, on_ha in ((single, False), (ha, True)):
+        if not group:
+            continue
+        with tempfile.TemporaryDirectory(prefix="remits-faults-") as tmp:
+            suite = Suite(Path(tmp), timing, cache_dir, issued, ha=on_ha)
+            try:
+                rows += await run_rows(suite, group)
+            finally:
+                if keep_logs is not None:
+                    _keep_logs(Path(tmp), keep_logs / ("ha" if on_ha else "single"))
     return Result(rows, started_at, time.monotonic() - began, long, machine(), command)
+
+
+async def run_rows(suite: Suite, specs: list[FaultSpec]) -> list[Row]:
+    rows: list[Row] = []
+    try:
+        started = time.monotonic()
+        await suite.start()
+        log(f"set up in {time.monotonic() - started:.1f} s")
+        for spec in specs:
+            log(f"{spec.name}: {spec.fault}")
+            try:
+                row = await suite.run_row(spec)
+            except Exception as exc:  # one broken row must not hide the others
+                row = Row(spec.name, spec.fault, not_run=f"the suite failed: {exc!r}"[:200])
+            rows.append(row)
+            log(
+                f"{row.name}: submitted {row.submitted}, once {row.decided_once}, lost {row.lost}, "
+                f"dup {row.duplicated}, unaffirmed secrets {row.unaffirmed_secrets}, "
+                f"recovered in {row.recovery_s} s ({row.duration_s:.1f} s); {row.statuses_text()} {row.note}"
+            )
+        # Late redeliveries would show up as duplicates: read the stream once more at the end.
+        await asyncio.sleep(ACK_WAIT_S + 1)
+        await suite.read_decisions()
+        for row in rows:
+            if not row.not_run:
+                suite.score(row)
+    finally:
+        await suite.stop()
+    return rows
+
+
+def _keep_logs(workdir: Path, target: Path) -> None:
+    """The processes' and servers' logs of one suite, for a post-mortem."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in [
+        *workdir.glob("logs/*.log"),
+        *workdir.glob("infra/*.log"),
+        *workdir.glob("infra/nats-cluster/*.log"),
+    ]:
+        with contextlib.suppress(OSError):
+            shutil.copy(path, target / path.name)
