@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.cli.admin_client import add_admin_client_flags, add_local_flags, admin_session, print_reply
+from services.cli.refval_sev import register as register_sev_measure
 
 
 def expiry(value: str) -> float:
@@ -99,6 +100,7 @@ def _register_refval(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     measure.add_argument("--dry-run", action="store_true", help="print the digest and inputs; store nothing")
     add_admin_client_flags(measure)
     measure.set_defaults(run=lambda args: asyncio.run(cmd_snp_measure(args)))
+    register_sev_measure(actions)
 
 
 def _register_resource(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

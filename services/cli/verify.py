@@ -20,9 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from services.cli.verify_dcap import add_verify_parsers
 
     add_verify_parsers(verify_sub)
-    from services.cli import verify_azure, verify_gcp, verify_tpm
+    from services.cli import verify_azure, verify_gcp, verify_sev, verify_tpm
 
-    for module in (verify_tpm, verify_azure, verify_gcp):
+    for module in (verify_tpm, verify_azure, verify_gcp, verify_sev):
         module.add_parsers(verify_sub)
     verify.set_defaults(run=run_verify)
 
