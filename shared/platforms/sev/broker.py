@@ -94,6 +94,27 @@ def derived_owner_key(key: bytes, request_id: str) -> ec.EllipticCurvePrivateKey
     return ec.derive_private_key(scalar, ec.SECP384R1())
 
 
+class ChainVerifier:
+    """``verify.verify_chain`` with the verdicts of chains seen before kept (by the SHA-256 of the
+    six certificates): a host's chain is checked once, not at every launch on it."""
+
+    def __init__(self, roots: verify.SevRoots, capacity: int = 4096) -> None:
+        self.roots = roots
+        self._capacity = capacity
+        self._verified: dict[bytes, verify.VerifiedChain] = {}
+
+    def verify(self, certs: dict[str, bytes]) -> verify.VerifiedChain:
+        names = ("ark", "ask", "cek", "oca", "pek", "pdh")
+        key = hashlib.sha256(b"".join(len(certs[n]).to_bytes(4, "big") + certs[n] for n in names)).digest()
+        chain = self._verified.get(key)
+        if chain is None:
+            chain = verify.verify_chain(*(certs[n] for n in names), pinned=self.roots)
+            if len(self._verified) >= self._capacity:
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[key] = chain
+        return chain
+
+
 @dataclass(frozen=True)
 class Launch:
     """The challenge's ``extra-params`` (a JSON string), the sealed state to keep under the
@@ -108,7 +129,7 @@ def open_launch(
     request: wire.SevRequest,
     *,
     policy: int,
-    roots: verify.SevRoots,
+    roots: verify.SevRoots | ChainVerifier,
     key: bytes,
     request_id: str,
     session_id: str,
@@ -117,9 +138,8 @@ def open_launch(
     ``policy`` (the workload's, from its reference values). Raises ``ParseError`` or
     ``VerificationError`` naming the failing certificate and check."""
     certs = request.chain.certificates()
-    chain = verify.verify_chain(
-        certs["ark"], certs["ask"], certs["cek"], certs["oca"], certs["pek"], certs["pdh"], pinned=roots
-    )
+    verifier = roots if isinstance(roots, ChainVerifier) else ChainVerifier(roots, capacity=1)
+    chain = verifier.verify(certs)
     SevPolicy.decode(policy)  # a policy with reserved bits is the operator's error: refused here
     session = start_session(
         chain.pdh_public_key,
