@@ -57,6 +57,8 @@ class StageContext:
     # GIL, so a pool overlaps them with the loop's own work when the process has a core to spare.
     crypto_pool: ThreadPoolExecutor | None = None
     clock: Callable[[], float] = time.time
+    # Seals SEV launch sessions (identity, measure and release hold it; elsewhere b"").
+    sev_key: bytes = b""
 
     def __post_init__(self) -> None:
         if self.crypto_pool is None and self.settings.crypto_threads > 0:

@@ -48,6 +48,7 @@ from shared.platforms.base import Platform
 from shared.platforms.gcp.platform import GcpVtpmPlatform
 from shared.platforms.sample.pki import VendorPKI
 from shared.platforms.sample.platform import SamplePlatform
+from shared.platforms.sev.platform import SevPlatform
 from shared.platforms.snp.abi import Product
 from shared.platforms.snp.certs import AmdRoots, load_roots, pinned_roots
 from shared.platforms.snp.platform import SnpPlatform
@@ -108,6 +109,7 @@ def build_platforms(settings: Settings) -> dict[str, Platform]:
         # Azure's paravisor vTPMs: the hardware layer is verified by the SNP and DCAP platforms.
         **{tee: AzureVtpmPlatform(tee, snp, dcap["tdx"]) for tee in ("az-snp-vtpm", "az-tdx-vtpm")},
         "gcp-vtpm": GcpVtpmPlatform("gcp-vtpm", settings.gcp_ak_roots_path),
+        "sev": SevPlatform(),
     }
 
 
@@ -200,6 +202,7 @@ class Stack:
             fetcher=self.fetcher,
             publisher=publisher,
             auth=identity.auth,
+            sev_key=identity.sev_key,
         )
         readable = buckets.READERS.get(component, ())
         if readable:

@@ -85,6 +85,9 @@ class Settings:
     # Replaces the pinned AMD roots (<dir>/<milan|genoa|turin>/{ark,ask,asvk}.pem). For test
     # vendors (the SNP demo) only: never point this at roots a host or guest supplied.
     snp_roots_dir: Path | None = None
+    # Replaces the pinned legacy AMD SEV ARK/ASK (<dir>/<naples|rome|milan>/{ark,ask}.cert). For
+    # test vendors (the SEV demo and tests) only.
+    sev_roots_dir: Path | None = None
     # Replaces Google's pinned EK/AK CA roots (a PEM file of certificates) for gcp-vtpm. For test
     # vendors (the GCP vTPM demo and tests) only.
     gcp_ak_roots_path: Path | None = None
@@ -155,6 +158,7 @@ class Settings:
             offline_endorsements_dir=_optional_path(_env("OFFLINE_ENDORSEMENTS_DIR", "")),
             snp_kds_url=_env("SNP_KDS_URL", cls.snp_kds_url),
             snp_roots_dir=_optional_path(_env("SNP_ROOTS_DIR", "")),
+            sev_roots_dir=_optional_path(_env("SEV_ROOTS_DIR", "")),
             gcp_ak_roots_path=_optional_path(_env("GCP_AK_ROOTS_PATH", "")),
             dcap_pcs_url=_env("DCAP_PCS_URL", cls.dcap_pcs_url),
             dcap_root_ca_path=_optional_path(_env("DCAP_ROOT_CA_PATH", "")),
@@ -171,7 +175,7 @@ class Settings:
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         for name in (
-            "data_dir", "offline_endorsements_dir", "snp_roots_dir", "dcap_root_ca_path", "gcp_ak_roots_path", "credentials_dir",
+            "data_dir", "offline_endorsements_dir", "snp_roots_dir", "sev_roots_dir", "dcap_root_ca_path", "gcp_ak_roots_path", "credentials_dir",
             "nats_creds", "nats_tls_ca", "nats_tls_cert", "nats_tls_key", "redis_tls_ca", "redis_tls_cert",
             "redis_tls_key", "kek_file",
         ):  # fmt: skip

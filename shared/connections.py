@@ -35,6 +35,7 @@ class ComponentIdentity:
     relay_private_pem: str = ""
     relay_public_pem: str = ""
     kek_path: Path | None = None
+    sev_key: bytes = b""  # seals SEV launch sessions (identity, measure, release); b"": SEV is off
 
     @property
     def open_bus(self) -> bool:
@@ -63,6 +64,7 @@ def identity_of(settings: Settings, component: str) -> ComponentIdentity:
         relay_private_pem=creds.relay_private_pem,
         relay_public_pem=creds.relay_public_pem,
         kek_path=creds.kek_path,
+        sev_key=bytes.fromhex(creds.sev_key_path.read_text().strip()) if creds.sev_key_path else b"",
     )
 
 

@@ -41,15 +41,20 @@ _BEFORE_DECIDE = frozenset({"intake", "endorse", "identity", "measure", "decide"
 # from another sender, is dropped as unauthenticated: the decide stage signs an EAR only for an
 # appraisal the measure stage sent.
 EXPECTS: Mapping[str, Mapping[str, frozenset[str]]] = {
-    "intake": {"attest_request": frozenset({"gateway"})},
-    "endorse": {"parsed_evidence": frozenset({"intake"})},
-    "identity": {"endorsed_evidence": frozenset({"endorse"})},
+    "intake": {"attest_request": frozenset({"gateway"}), "sev_launch": frozenset({"gateway"})},
+    "endorse": {"parsed_evidence": frozenset({"intake"}), "sev_launch": frozenset({"intake"})},
+    "identity": {"endorsed_evidence": frozenset({"endorse"}), "sev_launch": frozenset({"endorse"})},
     "measure": {"verified_evidence": frozenset({"identity"})},
     "decide": {"appraised_evidence": frozenset({"measure"}), "rejection": _BEFORE_DECIDE},
     "release": {"decision": frozenset({"decide"}), "resource_request": frozenset({"gateway"})},
     "audit": {"decision": frozenset({"decide"}), "admin_event": frozenset({PROVISION, ADMIN})},
     # Decisions too: the fleet dashboard follows them (read only).
-    "gateway": {"outcome": frozenset({"release"}), "admin_reply": frozenset({PROVISION}), "decision": frozenset({"decide"})},
+    # Outcomes from identity too: the challenge of a SEV launch.
+    "gateway": {
+        "outcome": frozenset({"release", "identity"}),
+        "admin_reply": frozenset({PROVISION}),
+        "decision": frozenset({"decide"}),
+    },
     PROVISION: {"admin_request": frozenset({"gateway"})},
 }
 
@@ -111,6 +116,8 @@ def nats_permissions(component: str) -> dict[str, Any]:
         publish += [*pub, NEXT_SUBJECT[component], schemas.REJECTION_SUBJECT, schemas.dlq_subject(component)]
         if component == "measure":
             publish.append(schemas.evidence_subject("*"))  # what replay needs, kept for a while
+        if component == "identity":
+            publish.append("remits.outcome.*")  # a SEV launch's challenge, to the waiting gateway
         subscribe += sub
     elif component == "release":
         pub, sub = _consumer_rights(schemas.DECISION_STREAM, "release")
@@ -139,10 +146,14 @@ REDIS_RULES: Mapping[str, str] = {
     "intake": "~remits:nonce:* ~remits:nonce-used:* +evalsha +eval +get +del +set +wait +role +ping",
     "endorse": "~remits:endorsement:* ~remits:lock:* +get +set +pttl +del +evalsha +eval +role +ping",
     # The last clock state of each TPM attestation key (clock monotonicity), nothing else.
-    "identity": "~remits:tpm-clock:* +get +set +evalsha +eval +role +ping",
-    "measure": "+role +ping",
+    # ...and the sealed state of the SEV launch sessions it opens (SET with an expiry).
+    "identity": "~remits:tpm-clock:* ~remits:sev-session:* +get +set +evalsha +eval +role +ping",
+    "measure": "~remits:sev-session:* +get +role +ping",
     "decide": "~remits:decision:* +set +get +role +ping",
-    "release": "~remits:session:* ~remits:outcome:* +hset +hget +hgetall +pexpire +evalsha +eval +role +ping",
+    "release": (
+        "~remits:session:* ~remits:outcome:* ~remits:sev-session:* +hset +hget +hgetall +get +pexpire +evalsha +eval "
+        "+role +ping"
+    ),
     "audit": "+role +ping",
     PROVISION: "+role +ping",
 }
@@ -170,6 +181,7 @@ class ComponentCredentials:
     relay_private_pem: str = ""  # provision only
     relay_public_pem: str = ""  # gateway only: provision's relay key
     kek_path: Path | None = None  # provision and release: the key-encryption key file
+    sev_key_path: Path | None = None  # identity, measure, release: seals SEV launch sessions
 
     @property
     def nats_public_key(self) -> str:
@@ -213,6 +225,8 @@ def ensure_credentials(directory: Path, components: Iterable[str] = COMPONENTS) 
             if component == PROVISION:
                 own["relay_private_pem"] = _new_relay_key()
             _write_secret(secret, json.dumps(own).encode())
+    if any(c in SEV_KEY_HOLDERS for c in components) and not (directory / SEV_KEY_FILE).exists():
+        _write_secret(directory / SEV_KEY_FILE, secrets.token_hex(32).encode())
     if PROVISION in components and not (directory / KEK_FILE).exists():
         from shared.sealing import KeyRing
 
@@ -223,6 +237,10 @@ def ensure_credentials(directory: Path, components: Iterable[str] = COMPONENTS) 
 # The key-encryption key of secrets at rest (shared.sealing): only provision and release get it.
 KEK_FILE = "kek.json"
 KEK_HOLDERS = (PROVISION, "release", ADMIN)
+# The key that seals a SEV launch session's TEK and TIK wherever they are kept between the
+# challenge and the secret (shared.platforms.sev.broker): only the stages that open them.
+SEV_KEY_FILE = "sev-session-key.hex"
+SEV_KEY_HOLDERS = ("identity", "measure", "release")
 
 
 def _new_relay_key() -> str:
@@ -271,6 +289,9 @@ def load(directory: Path, component: str) -> ComponentCredentials:
         kek_path=directory / KEK_FILE
         if component in KEK_HOLDERS and (directory / KEK_FILE).exists()
         else None,
+        sev_key_path=directory / SEV_KEY_FILE
+        if component in SEV_KEY_HOLDERS and (directory / SEV_KEY_FILE).exists()
+        else None,
     )
 
 
@@ -316,6 +337,8 @@ def export_per_component(directory: Path, out: Path) -> None:
         names = [f"{component}.nk", f"{component}.json"]
         if component in KEK_HOLDERS and (directory / KEK_FILE).exists():
             names.append(KEK_FILE)
+        if component in SEV_KEY_HOLDERS and (directory / SEV_KEY_FILE).exists():
+            names.append(SEV_KEY_FILE)
         for name in names:
             _write_secret(target / name, (directory / name).read_bytes())
     servers = out / SERVERS_DIR

@@ -213,8 +213,22 @@ class AdminEvent(StageMessage, tag="admin_event"):
     summary: dict[str, Any] = {}  # what changed, never a secret's value
 
 
+class SevLaunchRequest(StageMessage, tag="sev_launch"):
+    """gateway -> intake -> endorse -> identity: a SEV/SEV-ES host's request to launch a workload
+    (kbs-types SevRequest): the firmware's version and the platform chain in AMD's binary format.
+    Identity answers the gateway with the launch challenge (an Outcome with status "challenge");
+    a chain that fails is a rejection through decide, like any other TEE's evidence."""
+
+    workload_id: str
+    api_major: int
+    api_minor: int
+    build: int
+    certificates: dict[str, bytes]  # ark, ask, cek, oca, pek, pdh
+
+
 StageUnion = (
     AttestRequest
+    | SevLaunchRequest
     | ParsedEvidence
     | EndorsedEvidence
     | VerifiedEvidence
@@ -335,7 +349,8 @@ class Outcome(msgspec.Struct, omit_defaults=True):
     """release -> the waiting gateway (core NATS and a Redis copy): what the client receives."""
 
     request_id: str
-    status: str  # affirming | warning | contraindicated | rejected | released | denied
+    # affirming | warning | contraindicated | rejected | released | denied | challenge (SEV launch)
+    status: str
     reason: str = ""
     detail: str = ""
     token: str = ""

@@ -167,6 +167,8 @@ def server_environment(settings: Settings) -> dict[str, str]:
         env["REMITS_PROVISIONER_KEYS"] = ",".join(str(p) for p in settings.provisioner_keys)
     if settings.snp_roots_dir is not None:
         env["REMITS_SNP_ROOTS_DIR"] = str(settings.snp_roots_dir)
+    if settings.sev_roots_dir is not None:
+        env["REMITS_SEV_ROOTS_DIR"] = str(settings.sev_roots_dir)
     if settings.dcap_root_ca_path is not None:
         env["REMITS_DCAP_ROOT_CA_PATH"] = str(settings.dcap_root_ca_path)
     if settings.gcp_ak_roots_path is not None:

@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     demo = sub.add_parser("demo", help="run a simulated fleet through the HTTP KBS flow")
     demo.add_argument("--fleet", type=int, default=50)
     demo.add_argument("--bad", type=int, default=5)
-    demo.add_argument("--tee", default="sample", choices=["sample", "snp", "tdx", "tpm", "az-snp-vtpm", "gcp-vtpm"])
+    demo.add_argument(
+        "--tee", default="sample", choices=["sample", "snp", "tdx", "tpm", "az-snp-vtpm", "gcp-vtpm", "sev"]
+    )
     demo.add_argument("--json", action="store_true", help="one JSON object on stdout")
     demo.add_argument("--concurrency", type=int, default=100)
     demo.add_argument("--processes", type=int, default=1, help="server processes (0: in this process)")
@@ -61,6 +63,17 @@ async def simulated_vendor(args: argparse.Namespace, settings: Settings):  # typ
         await kds.start()
         extra = {"snp_roots_dir": roots.parent, "snp_kds_url": kds.base_url}
         return (AzureSnpFleet(kds) if args.tee == "az-snp-vtpm" else SnpFleet(kds)), kds, extra
+    if args.tee == "sev":
+        from services.demo.sev_fleet import SevFleet
+        from services.demo.sev_sim import SimulatedAmdSev
+
+        sev = await asyncio.to_thread(SimulatedAmdSev.generate, "Milan")
+        roots = settings.data_dir / "sev-test-roots"
+        generation = roots / sev.generation.value.lower()
+        generation.mkdir(parents=True, exist_ok=True)
+        (generation / "ark.cert").write_bytes(sev.ark)
+        (generation / "ask.cert").write_bytes(sev.ask)
+        return SevFleet(sev), _NoVendor(), {"sev_roots_dir": roots}
     if args.tee == "gcp-vtpm":
         from services.demo.fleet import GcpFleet
         from services.demo.gcp_sim import SimulatedGoogleCa
@@ -143,7 +156,12 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as cleanup:
         workdir = Path(args.data_dir) if args.data_dir else Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="remits-demo-")))
         async with fleet_target(args, workdir) as (url, fleet, secret):
-            summary = await run_fleet(url, fleet, secret, args.fleet, args.bad, args.concurrency)
+            if args.tee == "sev":
+                from services.demo.sev_fleet import run_sev_fleet
+
+                summary = await run_sev_fleet(url, fleet, secret, args.fleet, args.bad, args.concurrency)
+            else:
+                summary = await run_fleet(url, fleet, secret, args.fleet, args.bad, args.concurrency)
     if args.json:
         print(json.dumps(summary))
     else:

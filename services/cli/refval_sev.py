@@ -3,7 +3,8 @@
 The digest is computed with the ``sev-snp-measure`` library (``--mode sev`` / ``--mode seves``), the tool
 operators cross-check against. It is what the firmware's MEASURE is verified for
 (``shared.platforms.sev.measure.check_measurement``); store it with
-``remits refval add sev launch_digest <hex>`` (``--json`` prints that record's body).
+``remits refval add sev launch_digest.<workload> <hex>`` (``--json --workload W`` prints that record's
+body); the workload's guest policy is ``remits refval add sev policy.<workload> 0x7``.
 
 SEV-ES note: the VMSA pages the library generates depend on the vCPU signature (``--vcpu-type`` or
 ``--vcpu-sig``, placed in RDX) and follow recent QEMU (MXCSR 0x1f80, x87 FCW 0x37f); a VMM that leaves
@@ -49,6 +50,7 @@ def register(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-
     measure.add_argument("--vcpu-sig", type=lambda v: int(v, 0), help="SEV-ES: CPUID signature instead")
     measure.add_argument("--vmm-type", default="QEMU", help="SEV-ES: QEMU or ec2")
     measure.add_argument("--json", action="store_true", help="print a `refval add` record body")
+    measure.add_argument("--workload", help="the workload id the digest is registered for (launch_digest.<workload>)")
     measure.set_defaults(run=cmd_sev_measure)
 
 
@@ -144,7 +146,8 @@ def cmd_sev_measure(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         record = {
-            "tee": REFVAL_TEE, "name": REFVAL_NAME, "values": [digest],
+            "tee": REFVAL_TEE, "name": f"{REFVAL_NAME}.{args.workload}" if args.workload else REFVAL_NAME,
+            "values": [digest],
             "source": inputs["tool"], "inputs": inputs,
         }  # fmt: skip
         print(json.dumps(record, indent=2, sort_keys=True))

@@ -238,7 +238,8 @@ async def provision(admin: TrustAdmin, platform: FleetTee, secret: bytes) -> Non
     binding: dict[str, Any] = {"tees": [platform.tee]}
     if platform.tee == "sample":
         binding["allow_sample"] = True
-    await admin.put_resource(DEMO_RESOURCE, secret, actor, binding)
+    # A SEV workload's secret is named after the workload (GET /kbs/v0/key/<workload>).
+    await admin.put_resource(getattr(platform, "resource_path", DEMO_RESOURCE), secret, actor, binding)
 
 
 def plan_fleet(fleet: int, bad: int) -> list[str]:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.common import StageContext, next_stage, reject
+from services.sevlaunch import chain_verifier, endorse_sev
 from shared import observability, schemas
 from shared.bus import Publish
 from shared.errors import EndorsementError, RemitsError
@@ -156,6 +157,12 @@ async def obtain_endorsement(
 
 def make_handler(ctx: StageContext):
     async def handle(message: schemas.StageUnion) -> Sequence[Publish]:
+        if isinstance(message, schemas.SevLaunchRequest):
+            try:  # AMD's part of the chain: the pinned ARK and ASK of the generation, the CEK under the ASK
+                await ctx.run_crypto(endorse_sev, chain_verifier(ctx).roots, message.certificates)
+            except RemitsError as err:
+                return [reject(message.meta, STAGE, err)]
+            return [next_stage("identity", message, STAGE)]
         if not isinstance(message, schemas.ParsedEvidence):
             return [reject(message.meta, STAGE, "bus.unexpected_message", type(message).__name__)]
         platform = ctx.platforms.get(message.meta.tee)

@@ -20,14 +20,16 @@ from joserfc.jwk import ECKey
 from nats.aio.client import Client as NATS
 
 from services.gateway.dashboard.feed import DashboardFeed
-from services.gateway.waiter import OutcomeWaiter
+from services.gateway.waiter import CHALLENGE, OutcomeWaiter
+from services.sevlaunch import WORKLOAD as SEV_WORKLOAD
+from services.sevlaunch import resource_path as sev_resource_path
 from shared import schemas
 from shared.bus import ROUTE_HEADER, JetStreamPublisher, Publish, route_header
 from shared.busauth import MAC_HEADER, BusAuth, Unauthenticated
 from shared.cache import Store
 from shared.config import Settings
 from shared.ear import EarSigner, load_or_create_signing_key
-from shared.errors import ProtocolError
+from shared.errors import ParseError, ProtocolError
 from shared.kbs.wire import (
     SUPPORTED_TEES,
     decode_attestation,
@@ -35,6 +37,7 @@ from shared.kbs.wire import (
     error_body,
     validate_tee_pubkey,
 )
+from shared.platforms.sev import wire as sev_wire
 from shared.resp import RedisConnectionError
 from shared.telemetry import get_logger, inject_headers, tracer, tracing_enabled
 
@@ -98,6 +101,49 @@ def _root_span(name: str, request_id: str) -> contextlib.AbstractContextManager[
     return tracer().start_as_current_span(name, attributes={"remits.request_id": request_id})
 
 
+SEV = "sev"
+SEV_VERSIONS = frozenset({"0.0.0", "0.4.0"})  # libkrun sends kbs-types' "0.0.0"
+
+
+class _TeeOnly(msgspec.Struct):
+    tee: str = ""
+
+
+class _SevAuth(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
+    version: str
+    tee: str
+    extra_params: Any
+    workload_id: str = ""  # kbs-types' test request repeats it here; extra-params is what counts
+
+
+class _SevAttestation(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
+    """``/attest`` as libkrun sends it (kbs-types 0.x): an (empty) RSA key, and the firmware's
+    measurement as a JSON string."""
+
+    tee_evidence: Any
+    tee_pubkey: Any = None
+
+
+def _tee_of(raw: bytes) -> str:
+    try:
+        return msgspec.json.decode(raw, type=_TeeOnly).tee
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""  # the full decoder names what is wrong
+
+
+def _sev_attestation(raw: bytes, session: Any, request_id: str, reply_to: str) -> schemas.AttestRequest:
+    try:
+        body = msgspec.json.decode(raw, type=_SevAttestation)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError("kbs.bad_request", f"SEV attestation: {exc}") from exc
+    evidence = body.tee_evidence if isinstance(body.tee_evidence, str) else msgspec.json.encode(body.tee_evidence).decode()
+    meta = schemas.RequestMeta(
+        request_id=request_id, tee=SEV, reply_to=reply_to, submitted_at=time.time(),
+        session_id=session.session_id, nonce=session.nonce,  # the launch session's own challenge
+    )  # fmt: skip
+    return schemas.AttestRequest(meta=meta, tee_pubkey={}, primary_evidence=evidence.encode())
+
+
 class Gateway:
     def __init__(
         self,
@@ -128,6 +174,8 @@ class Gateway:
                 web.post("/kbs/v0/auth", self.auth),
                 web.post("/kbs/v0/attest", self.attest),
                 web.get("/kbs/v0/resource/{repository}/{type}/{tag}", self.get_resource),
+                # A SEV launch's secret (the libkrun/reference-KBS path): the workload's LAUNCH_SECRET.
+                web.get("/kbs/v0/key/{workload_id}", self.get_sev_key),
                 web.post("/kbs/v0/resource/{repository}/{type}/{tag}", self.put_resource),
                 web.route("*", "/admin/v1/{tail:.*}", self.admin),
                 web.get("/healthz", self.healthz),
@@ -168,7 +216,10 @@ class Gateway:
     async def auth(self, request: web.Request) -> web.Response:
         if (bad := _require_json(request)) is not None:
             return bad
-        body = decode_request(await _read_body(request, self.settings.max_body_bytes))
+        raw = await _read_body(request, self.settings.max_body_bytes)
+        if _tee_of(raw) == SEV:
+            return await self._sev_auth(raw)
+        body = decode_request(raw)
         if body.tee not in SUPPORTED_TEES:
             return _error(
                 400,
@@ -180,6 +231,44 @@ class Gateway:
             return _unavailable("bus.unavailable: the pipeline cannot be reached")
         session = await self.store.create_session(body.tee, self.settings.nonce_ttl_s)
         return _json_response({"nonce": session.nonce, "extra-params": ""}, session.session_id)
+
+    async def _sev_auth(self, raw: bytes) -> web.Response:
+        """A SEV host's launch request (kbs-types; version 0.0.0 as libkrun sends it): the chain
+        goes through intake, endorse and identity, which answers with the launch challenge."""
+        try:
+            body = msgspec.json.decode(raw, type=_SevAuth)
+            launch = sev_wire.decode_sev_request(body.extra_params)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return _error(400, "InvalidRequest", f"kbs.bad_request: {exc}")
+        except ParseError as exc:
+            return _error(400, "InvalidRequest", f"{exc.reason}: {exc.detail}")
+        if body.version not in SEV_VERSIONS:
+            return _error(400, "InvalidRequest", f"kbs.bad_request: version {body.version!r}, expected one of {sorted(SEV_VERSIONS)}")
+        if not self.nc.is_connected:
+            return _unavailable("bus.unavailable: the pipeline cannot be reached")
+        session = await self.store.create_session(SEV, self.settings.nonce_ttl_s)
+        request_id = _request_id()
+        meta = schemas.RequestMeta(
+            request_id=request_id, tee=SEV, reply_to=self.waiter.subject, submitted_at=time.time(),
+            session_id=session.session_id, nonce=session.nonce,
+        )  # fmt: skip
+        build = launch.build
+        message = schemas.SevLaunchRequest(
+            meta=meta, workload_id=launch.workload_id, api_major=build.version.major,
+            api_minor=build.version.minor, build=build.build, certificates=launch.chain.certificates(),
+        )  # fmt: skip
+        with (
+            structlog.contextvars.bound_contextvars(request_id=request_id, stage="gateway"),
+            _root_span("remits.gateway.sev_launch", request_id),
+        ):
+            outcome = await self._submit(
+                Publish(schemas.stage_subject("intake"), message, f"{request_id}:gateway"), meta
+            )
+        if outcome.status == CHALLENGE:
+            return _json_response({"nonce": session.nonce, "extra-params": outcome.detail}, session.session_id)
+        if outcome.reason in _UNAVAILABLE:
+            return _unavailable(f"{outcome.reason}: {outcome.detail}")
+        return _error(401, "AttestationError", f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason)
 
     async def _session(self, request: web.Request):  # type: ignore[no-untyped-def]
         session_id = request.cookies.get(COOKIE, "")
@@ -196,26 +285,31 @@ class Gateway:
         session = await self._session(request)
         if session is None:
             return _error(401, "InvalidSession", "no session: POST /kbs/v0/auth first")
-        body = decode_attestation(await _read_body(request, self.settings.max_body_bytes))
-        tee_pubkey = validate_tee_pubkey(body.runtime_data.tee_pubkey)
+        raw = await _read_body(request, self.settings.max_body_bytes)
         request_id = _request_id()
-        meta = schemas.RequestMeta(
-            request_id=request_id,
-            tee=session.tee,
-            reply_to=self.waiter.subject,
-            submitted_at=time.time(),
-            session_id=session.session_id,
-            nonce=body.runtime_data.nonce,
-        )
-        message = schemas.AttestRequest(
-            meta=meta,
-            tee_pubkey=tee_pubkey,
-            primary_evidence=msgspec.json.encode(body.tee_evidence.primary_evidence),
-            additional_evidence=body.tee_evidence.additional_evidence,
-            init_data=None
-            if body.init_data is None
-            else {"format": body.init_data.format, "body": body.init_data.body},
-        )
+        if session.tee == SEV:
+            message = _sev_attestation(raw, session, request_id, self.waiter.subject)
+            meta = message.meta
+        else:
+            body = decode_attestation(raw)
+            tee_pubkey = validate_tee_pubkey(body.runtime_data.tee_pubkey)
+            meta = schemas.RequestMeta(
+                request_id=request_id,
+                tee=session.tee,
+                reply_to=self.waiter.subject,
+                submitted_at=time.time(),
+                session_id=session.session_id,
+                nonce=body.runtime_data.nonce,
+            )
+            message = schemas.AttestRequest(
+                meta=meta,
+                tee_pubkey=tee_pubkey,
+                primary_evidence=msgspec.json.encode(body.tee_evidence.primary_evidence),
+                additional_evidence=body.tee_evidence.additional_evidence,
+                init_data=None
+                if body.init_data is None
+                else {"format": body.init_data.format, "body": body.init_data.body},
+            )
         with (
             structlog.contextvars.bound_contextvars(request_id=request_id, stage="gateway"),
             _root_span("remits.gateway.attest", request_id),
@@ -251,6 +345,16 @@ class Gateway:
         """The release stage reads the session (for its token) together with the resource, so the
         gateway only passes on what the guest presented: its cookie and/or a bearer token."""
         path = "/".join(request.match_info[k] for k in ("repository", "type", "tag"))
+        return await self._resource(request, path)
+
+    async def get_sev_key(self, request: web.Request) -> web.Response:
+        """``GET /kbs/v0/key/<workload_id>``: the LAUNCH_SECRET of the session's own SEV launch."""
+        workload_id = request.match_info["workload_id"]
+        if not SEV_WORKLOAD.fullmatch(workload_id):
+            return _error(404, "ResourceNotFound", f"no such workload: {workload_id!r}")
+        return await self._resource(request, sev_resource_path(workload_id))
+
+    async def _resource(self, request: web.Request, path: str) -> web.Response:
         session_id = request.cookies.get(COOKIE, "")
         if not _SESSION_ID.fullmatch(session_id):
             session_id = ""

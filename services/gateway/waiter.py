@@ -18,6 +18,8 @@ log = get_logger("remits.gateway")
 
 
 _FROM_RELEASE = frozenset({"release"})
+_FROM_PIPELINE = frozenset({"release", "identity"})
+CHALLENGE = "challenge"  # a SEV launch's challenge: identity's only outcome, and never release's
 
 
 class OutcomeWaiter:
@@ -41,9 +43,15 @@ class OutcomeWaiter:
 
     async def _on_outcome(self, msg) -> None:  # type: ignore[no-untyped-def]
         try:
+            sender = "release"
             if self.auth is not None:
-                self.auth.verify(msg.subject, msg.data, msg.headers, accept=_FROM_RELEASE)
+                sender = self.auth.verify(msg.subject, msg.data, msg.headers, accept=_FROM_PIPELINE)
             outcome = schemas.decode_outcome(msg.data)
+            if (sender == "identity") != (outcome.status == CHALLENGE):
+                # Identity answers a launch request with its challenge and nothing else: a token
+                # (or a rejection) counts only from release.
+                log.warning("gateway.outcome_refused", sender=sender, status=outcome.status)
+                return
         except Unauthenticated as exc:
             log.warning("gateway.outcome_unauthenticated", detail=exc.detail)
             return

@@ -6,17 +6,61 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from services.common import StageContext, next_stage, reject
+from services import sevlaunch
+from services.common import StageContext, next_stage, reject, signed
 from shared import schemas
 from shared.bus import Publish
 from shared.errors import RemitsError, VerificationError
+from shared.platforms.sev import broker
 from shared.platforms.tpm.validate import CLOCK_REGRESSED, RESET_COUNT_REGRESSED, RESTART_COUNT_REGRESSED
 
 STAGE = "identity"
 
 
+async def _sev_launch(ctx: StageContext, message: schemas.SevLaunchRequest) -> Sequence[Publish]:
+    """The whole platform chain (OCA → PEK, CEK → PEK, PEK → PDH; a host's verdict is kept), then
+    the launch session for the workload's registered policy, answered straight to the gateway as
+    the challenge. Its sealed state waits in Redis for the measurement and the secret."""
+    meta = message.meta
+    try:
+        if not ctx.sev_key:
+            raise VerificationError("sev.unavailable", "identity holds no SEV session key")
+        assert ctx.trust is not None
+        policy = sevlaunch.workload_policy(ctx.trust.snapshot(), message.workload_id, ctx.clock())
+        launch = await ctx.run_crypto(
+            lambda: broker.open_launch(
+                sevlaunch.request_of(message), policy=policy, roots=sevlaunch.chain_verifier(ctx),
+                key=ctx.sev_key, request_id=meta.request_id, session_id=meta.session_id,
+            )
+        )
+    except RemitsError as err:
+        return [reject(meta, STAGE, err)]
+    await sevlaunch.store_state(ctx, meta.session_id, launch.sealed_state)
+    outcome = schemas.Outcome(meta.request_id, "challenge", detail=launch.challenge_params)
+    data = schemas.encode(outcome)
+    if meta.reply_to:
+        await ctx.nc.publish(meta.reply_to, data, headers=signed(ctx, meta.reply_to, data))
+    return []
+
+
+async def _sev_claims(ctx: StageContext, message: schemas.EndorsedEvidence) -> dict[str, Any]:
+    """A launch measurement's claims: what its session established (the session's TIK stays
+    sealed; measure checks the measurement with it)."""
+    state = await sevlaunch.load_state(ctx, message.meta.session_id)
+    return {
+        "sev.workload_id": state.workload_id,
+        "sev.generation": state.generation,
+        "sev.api_version": f"{state.api_major}.{state.api_minor}",
+        "sev.build": state.build,
+        "sev.policy": state.policy,
+        "sev.pdh_sha256": state.pdh_sha256,
+    }
+
+
 def make_handler(ctx: StageContext):
     async def handle(message: schemas.StageUnion) -> Sequence[Publish]:
+        if isinstance(message, schemas.SevLaunchRequest):
+            return await _sev_launch(ctx, message)
         if not isinstance(message, schemas.EndorsedEvidence):
             return [reject(message.meta, STAGE, "bus.unexpected_message", type(message).__name__)]
         platform = ctx.platforms.get(message.meta.tee)
@@ -27,6 +71,8 @@ def make_handler(ctx: StageContext):
             claims = await ctx.run_crypto(
                 platform.verify_identity, message.evidence, message.endorsement, now
             )
+            if message.meta.tee == sevlaunch.TEE:
+                claims.update(await _sev_claims(ctx, message))
         except RemitsError as err:
             return [reject(message.meta, STAGE, err)]
         regressed = await _tpm_clock_regression(ctx, claims)

@@ -6,12 +6,15 @@ import json
 from collections.abc import Sequence
 
 from services.common import StageContext, next_stage, reject
+from services.sevlaunch import CERTIFICATES, check_workload_id
+from services.sevlaunch import TEE as SEV
 from shared import schemas
 from shared.bus import Publish
 from shared.cache import NonceState
-from shared.errors import RemitsError
+from shared.errors import ParseError, RemitsError
 from shared.kbs.binding import expected_report_data, report_data_matches
 from shared.kbs.initdata import binding_matches, parse_init_data
+from shared.platforms.sev import abi
 
 STAGE = "intake"
 
@@ -23,8 +26,25 @@ _NONCE_REASONS = {
 }
 
 
+def _sev_launch(message: schemas.SevLaunchRequest) -> Publish:
+    """A SEV host's launch request: every certificate must parse before anything is verified."""
+    try:
+        check_workload_id(message.workload_id)
+        for name in CERTIFICATES:
+            data = message.certificates.get(name)
+            if data is None:
+                raise ParseError("chain", f"no {name} certificate", prefix="sev")
+            parse = abi.parse_ca_cert if name in ("ark", "ask") else abi.parse_sev_cert
+            parse(data, f"sev.{name}")
+    except RemitsError as err:
+        return reject(message.meta, STAGE, err)
+    return next_stage("endorse", message, STAGE)
+
+
 def make_handler(ctx: StageContext):
     async def handle(message: schemas.StageUnion) -> Sequence[Publish]:
+        if isinstance(message, schemas.SevLaunchRequest):
+            return [_sev_launch(message)]
         if not isinstance(message, schemas.AttestRequest):
             return [reject(message.meta, STAGE, "bus.unexpected_message", type(message).__name__)]
         meta = message.meta
@@ -37,7 +57,11 @@ def make_handler(ctx: StageContext):
             return [reject(meta, STAGE, "tee.unsupported", f"no verifier for TEE {meta.tee!r}")]
         try:
             info = platform.parse_evidence(message.primary_evidence)
-            expected = expected_report_data(meta.nonce, message.tee_pubkey, message.additional_evidence)
+            # A SEV launch measurement has no report_data: the session's TIK binds it (measure).
+            expected = (
+                b"" if meta.tee == SEV
+                else expected_report_data(meta.nonce, message.tee_pubkey, message.additional_evidence)
+            )  # fmt: skip
         except RemitsError as err:
             return [reject(meta, STAGE, err)]
         init_data_claims = None
@@ -57,7 +81,7 @@ def make_handler(ctx: StageContext):
                         f"launch field {info.init_data_binding.hex()} does not bind the init-data digest {digest.hex()}",
                     )
                 ]
-        if not report_data_matches(info.report_data, expected):
+        if meta.tee != SEV and not report_data_matches(info.report_data, expected):
             return [
                 reject(
                     meta,

@@ -6,12 +6,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import msgspec
+
+from services import sevlaunch
 from services.common import StageContext, reject
 from shared import schemas
 from shared.bus import Publish
+from shared.errors import RemitsError, VerificationError
+from shared.platforms.sev import broker
 from shared.trust.evaluate import PolicyUnavailable, appraise, attestation_policy
+from shared.trust.snapshot import TrustSnapshot
 
 STAGE = "measure"
+
+
+async def _sev_launch_claims(
+    ctx: StageContext, message: schemas.VerifiedEvidence, snapshot: TrustSnapshot, now: float
+) -> dict[str, object]:
+    state = await sevlaunch.load_state(ctx, message.meta.session_id)
+    if message.claims.get("sev.workload_id") != state.workload_id:
+        raise VerificationError("sev.workload_mismatch", "the claims name another workload than the session")
+    workload = state.workload_id
+    verdict = broker.appraise_launch(
+        state,
+        message.evidence[:32],
+        message.evidence[32:48],
+        sevlaunch.launch_digests(snapshot, workload, now),
+        sevlaunch.requirements(snapshot, workload, now),
+    )
+    claims: dict[str, object] = dict(verdict.claims)
+    claims["sev.allow_debug"] = sevlaunch.requirements(snapshot, workload, now).allow_debug
+    return claims
 
 
 def make_handler(ctx: StageContext):
@@ -31,6 +56,12 @@ def make_handler(ctx: StageContext):
         except PolicyUnavailable as exc:
             return [reject(meta, STAGE, "policy.unavailable", str(exc))]
         now = ctx.clock()
+        if meta.tee == sevlaunch.TEE:
+            try:  # the launch measurement under the session's TIK, against the workload's digests
+                claims = {**message.claims, **await _sev_launch_claims(ctx, message, snapshot, now)}
+            except RemitsError as err:
+                return [reject(meta, STAGE, err)]
+            message = msgspec.structs.replace(message, claims=claims)
         verdict = appraise(platform, snapshot, policy, message.evidence, message.claims, now)
         record = schemas.EvidenceRecord(
             request_id=meta.request_id,

@@ -19,6 +19,7 @@ import msgspec
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
+from services import sevlaunch
 from services.common import StageContext, notify_outcome, outcome_mac, outcome_of, signed
 from shared import schemas
 from shared.bus import Publish, QueueResponder
@@ -28,6 +29,7 @@ from shared.ear import CPU_SUBMOD, K_EVIDENCE, EarVerifier, submod_status, tee_p
 from shared.errors import RemitsError, VerificationError
 from shared.jwe import wrap_secret
 from shared.kbs.wire import ATTESTED_TEES
+from shared.platforms.sev import broker
 from shared.policy.engine import PolicyError
 from shared.sealing import KeyRing, SealingError, unseal
 from shared.stats import STATS
@@ -169,16 +171,39 @@ class Release:
             allowed, reason, entry = self._judge(verified, request.resource_path)
             if not allowed:
                 return schemas.Outcome(rid, "denied", reason, f"resource policy: {reason}")
+            if entry is None:
+                return schemas.Outcome(rid, "not_found", "resource.not_found", request.resource_path)
+            if verified.tee == sevlaunch.TEE:
+                # A SEV launch: the secret goes to the firmware, sealed under the launch's TEK/TIK.
+                own = session is not None and session.state == "attested" and session.token == token
+                packet = await self._sev_secret(request, verified, own, self._unseal(entry.key, entry.record))
+                log.debug("resource.released", resource=request.resource_path)
+                return schemas.Outcome(rid, "released", jwe=packet)
             tee_jwk = verified.tee_jwk
             if isinstance(tee_jwk, VerificationError):
                 raise tee_jwk
-            if entry is None:
-                return schemas.Outcome(rid, "not_found", "resource.not_found", request.resource_path)
             jwe = wrap_secret(self._unseal(entry.key, entry.record), tee_jwk)
         except RemitsError as err:
             return schemas.Outcome(rid, "denied", err.reason, err.detail)
         log.debug("resource.released", resource=request.resource_path)  # never the value
         return schemas.Outcome(rid, "released", jwe=msgspec.json.encode(jwe))
+
+    async def _sev_secret(
+        self, request: schemas.ResourceRequest, verified: VerifiedToken, own: bool, plaintext: bytes
+    ) -> bytes:
+        """The LAUNCH_SECRET answer for the session's own launch: its workload's secret, bound to
+        the measurement the token vouches for. Only the session that attested the launch gets it
+        (a bearer token names no launch session's keys)."""
+        if not own:
+            raise VerificationError("sev.session_not_attested", "the secret goes to the launch's own attested session")
+        workload = str(verified.claims.get("sev.workload_id", ""))
+        if request.resource_path != sevlaunch.resource_path(workload):
+            raise VerificationError("sev.workload_mismatch", f"this launch is workload {workload!r}")
+        state = await sevlaunch.load_state(self.ctx, request.meta.session_id)
+        if state.workload_id != workload:
+            raise VerificationError("sev.workload_mismatch", "the session launched another workload")
+        measured = bytes.fromhex(str(verified.claims.get("sev.measure", "")))
+        return broker.secret_answer(state, measured, plaintext)
 
     def _judge(
         self, verified: VerifiedToken, path: str

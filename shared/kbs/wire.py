@@ -35,10 +35,11 @@ KNOWN_TEES: Final = frozenset(
         "hygondcu",
         "sample",
         "sampledevice",
+        "sev",  # AMD SEV/SEV-ES launches (kbs-types; the host's VMM is the client)
     }
 )
 # TEEs this service has a verifier for, in one order everything that lists them uses.
-ATTESTED_TEES: Final = ("sample", "snp", "tdx", "sgx", "tpm", "az-snp-vtpm", "az-tdx-vtpm", "gcp-vtpm")
+ATTESTED_TEES: Final = ("sample", "snp", "tdx", "sgx", "tpm", "az-snp-vtpm", "az-tdx-vtpm", "gcp-vtpm", "sev")
 SUPPORTED_TEES: Final = frozenset(ATTESTED_TEES)
 
 ERROR_TYPE_PREFIX: Final = "https://github.com/confidential-containers/kbs/errors/"

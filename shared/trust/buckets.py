@@ -39,6 +39,8 @@ BY_NAME = {b.name: b for b in ALL}
 
 # What each component reads (and mirrors): nothing else is visible to it.
 READERS: dict[str, tuple[Bucket, ...]] = {
+    # Identity reads a SEV workload's registered guest policy before it opens a launch session.
+    "identity": (REFVALS,),
     "measure": (POLICIES, REFVALS, REVOCATIONS),
     "release": (POLICIES, RESOURCES, REVOCATIONS),
     "provision": ALL,

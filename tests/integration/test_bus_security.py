@@ -37,7 +37,8 @@ MAY_PUBLISH = {
     "gateway": {"remits.stage.intake", schemas.RESOURCE_SUBJECT},
     "intake": {"remits.stage.endorse", REJECTION, "remits.dlq.intake"},
     "endorse": {"remits.stage.identity", REJECTION},
-    "identity": {"remits.stage.measure", REJECTION},
+    # Identity answers a SEV launch request with its challenge, straight to the gateway.
+    "identity": {"remits.stage.measure", REJECTION, "remits.outcome.somegateway"},
     "measure": {APPRAISAL, REJECTION},
     "decide": {DECISION, REJECTION},
     "release": {"remits.outcome.somegateway"},

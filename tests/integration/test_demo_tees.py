@@ -51,3 +51,24 @@ async def test_demo_fleet(tee: str) -> None:
     assert summary["rejected"] == 4
     reasons = {key.split(":")[0]: key.split(":")[1] for key in summary["rejection_reasons"]}
     assert reasons == EXPECTED_REASONS[tee]
+
+
+async def test_demo_sev_fleet() -> None:
+    """`remits demo --tee sev`: libkrun-style VMMs on simulated SEV-ES hosts, each bad kind refused
+    for its own reason (the wrong policy by the firmware itself, before any measurement)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMITS_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "demo", "--tee", "sev", "--fleet", "12", "--bad", "4", "--json",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    summary = json.loads(out.decode().strip().splitlines()[-1])
+    assert summary["submitted"] == 12 and summary["errors"] == 0
+    assert summary["affirming"] == 8 and summary["secrets_released"] == 8 and summary["rejected"] == 4
+    assert summary["rejection_reasons"] == {
+        "replayed:sev.measurement_mismatch": 1,
+        "tampered:sev.measurement_mismatch": 1,
+        "unknown_vendor:sev.ark.generation": 1,
+        "wrong_policy:sev.firmware.policy_mac": 1,
+    }

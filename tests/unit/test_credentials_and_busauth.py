@@ -38,7 +38,7 @@ def test_permissions_are_the_narrowest_each_component_needs() -> None:
     }
     assert readers == {
         "remits_policies": {"measure", "release", "provision"},
-        "remits_refvals": {"measure", "provision"},
+        "remits_refvals": {"identity", "measure", "provision"},  # identity: a SEV workload's policy
         "remits_resources": {"release", "provision"},
         "remits_revocations": {"measure", "release", "provision"},
         "remits_admin_keys": {"provision"},
@@ -61,7 +61,8 @@ def test_redis_rules() -> None:
     release = credentials.redis_acl_line("release", "pw")
     # Secrets are no longer in Redis at all: release reaches sessions and outcomes only.
     assert "resource" not in release and "refval" not in release and " +set " not in release
-    assert credentials.redis_acl_line("measure", "pw").endswith("-@all +role +ping")
+    # Measure reads only the sealed state of SEV launch sessions.
+    assert credentials.redis_acl_line("measure", "pw").endswith("-@all ~remits:sev-session:* +get +role +ping")
     assert credentials.redis_acl_line("provision", "pw").endswith("-@all +role +ping")
     assert credentials.redis_acl_line("admin", "pw").startswith("user default on #")
     assert "pw" not in release  # only the password's hash is in the ACL file
@@ -79,7 +80,8 @@ def test_generated_files(tmp_path: Path) -> None:
         assert stat.S_IMODE(os.stat(directory / name).st_mode) == 0o644
     split = tmp_path / "split"
     credentials.export_per_component(directory, split)
-    assert sorted(p.name for p in (split / "measure").iterdir()) == ["measure.json", "measure.nk"]
+    assert sorted(p.name for p in (split / "measure").iterdir()) == ["measure.json", "measure.nk", "sev-session-key.hex"]
+    assert sorted(p.name for p in (split / "endorse").iterdir()) == ["endorse.json", "endorse.nk"]
     alone, whole = credentials.load(split / "measure", "measure"), credentials.load(directory, "measure")
     assert (alone.bus_key, alone.peer_bus_keys, alone.redis_password, alone.nats_public_key) == (
         whole.bus_key, whole.peer_bus_keys, whole.redis_password, whole.nats_public_key

@@ -108,7 +108,7 @@ def test_decode_request_rejects(body: bytes, path: str) -> None:
 
 
 def test_tee_sets() -> None:
-    assert {"sample", "snp", "tdx", "sgx", "tpm", "az-snp-vtpm", "az-tdx-vtpm", "gcp-vtpm"} == SUPPORTED_TEES
+    assert {"sample", "snp", "tdx", "sgx", "tpm", "az-snp-vtpm", "az-tdx-vtpm", "gcp-vtpm", "sev"} == SUPPORTED_TEES
     assert SUPPORTED_TEES <= KNOWN_TEES
     assert {"snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "se", "sampledevice"} <= KNOWN_TEES
     assert require_supported_tee("sample") == "sample"
