@@ -224,6 +224,7 @@ class SevLaunchRequest(StageMessage, tag="sev_launch"):
     api_minor: int
     build: int
     certificates: dict[str, bytes]  # ark, ask, cek, oca, pek, pdh
+    chip_id: bytes = b""  # when given, endorse takes the CEK from AMD's KDS for this chip
 
 
 StageUnion = (

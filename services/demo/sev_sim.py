@@ -22,7 +22,7 @@ import re
 import struct
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache
 from typing import Any
@@ -148,6 +148,9 @@ class SimulatedAmdSev:
     api_major: int
     api_minor: int
 
+    # The vendor's ASK key, to make more platforms of the same vendor (``another_platform``).
+    ask_private_key: rsa.RSAPrivateKey | None = field(default=None, repr=False, compare=False)
+
     @classmethod
     def generate(cls, product: str = "Milan", api: tuple[int, int] = _DEFAULT_API) -> SimulatedAmdSev:
         generation = Generation(product)
@@ -157,7 +160,12 @@ class SimulatedAmdSev:
         ark_id, ask_id = os.urandom(16), os.urandom(16)
         ark = _ca_cert(ark_key, ark_id, ark_id, Usage.ARK, ark_key)
         ask = _ca_cert(ask_key, ask_id, ark_id, Usage.ASK, ark_key)
+        return cls._platform(generation, ark, ask, ask_key, api)
 
+    @classmethod
+    def _platform(
+        cls, generation: Generation, ark: AmdCaCert, ask: AmdCaCert, ask_key: rsa.RSAPrivateKey, api: tuple[int, int]
+    ) -> SimulatedAmdSev:
         curve = ec.SECP384R1()
         cek_key, oca_key, pek_key, pdh_key = (ec.generate_private_key(curve) for _ in range(4))
         cek_body = _sev_body(cek_key.public_key(), Usage.CEK, Algo.ECDSA_SHA256, _CEK_API)
@@ -183,7 +191,14 @@ class SimulatedAmdSev:
             roots=SevRoots((SevRootPair(generation, ark, ask),)),
             api_major=api[0],
             api_minor=api[1],
+            ask_private_key=ask_key,
         )
+
+    def another_platform(self) -> SimulatedAmdSev:
+        """A second chip of the same vendor: same ARK and ASK, its own CEK, OCA, PEK and PDH."""
+        assert self.ask_private_key is not None
+        pair = self.roots.pairs[0]
+        return self._platform(self.generation, pair.ark, pair.ask, self.ask_private_key, (self.api_major, self.api_minor))
 
     def chain(self) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
         """(ark, ask, cek, oca, pek, pdh): ``verify_chain``'s positional order."""

@@ -10,12 +10,16 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
+
 from services.common import StageContext, next_stage, reject
+from services.sevlaunch import TEE as SEV
 from services.sevlaunch import chain_verifier, endorse_sev
 from shared import observability, schemas
 from shared.bus import Publish
 from shared.errors import EndorsementError, RemitsError
 from shared.platforms.base import EndorsementRequest, Platform, encode_document
+from shared.platforms.sev import kds as sev_kds
 
 STAGE = "endorse"
 _LOCK_TTL_S = 30.0
@@ -155,10 +159,22 @@ async def obtain_endorsement(
     return platform.assemble_endorsement(documents, carried), source
 
 
+async def _kds_cek(ctx: StageContext, message: schemas.SevLaunchRequest) -> schemas.SevLaunchRequest:
+    """The chip's CEK as AMD's KDS serves it (fetched once fleet-wide, cached like a VCEK), in
+    place of the host's: a host that names another chip then fails the PEK's CEK signature."""
+    url = sev_kds.cek_url(message.chip_id, ctx.settings.snp_kds_url)
+    request = EndorsementRequest(cache_key=f"cek-{message.chip_id.hex()}", url=url)
+    document, _ = await obtain_document(ctx, ctx.platforms[SEV], request)
+    sev_kds.parse_cek(document)
+    return msgspec.structs.replace(message, certificates={**message.certificates, "cek": document})
+
+
 def make_handler(ctx: StageContext):
     async def handle(message: schemas.StageUnion) -> Sequence[Publish]:
         if isinstance(message, schemas.SevLaunchRequest):
             try:  # AMD's part of the chain: the pinned ARK and ASK of the generation, the CEK under the ASK
+                if message.chip_id:
+                    message = await _kds_cek(ctx, message)
                 await ctx.run_crypto(endorse_sev, chain_verifier(ctx).roots, message.certificates)
             except RemitsError as err:
                 return [reject(message.meta, STAGE, err)]

@@ -256,6 +256,7 @@ class Gateway:
         message = schemas.SevLaunchRequest(
             meta=meta, workload_id=launch.workload_id, api_major=build.version.major,
             api_minor=build.version.minor, build=build.build, certificates=launch.chain.certificates(),
+            chip_id=bytes.fromhex(launch.chip_id),
         )  # fmt: skip
         with (
             structlog.contextvars.bound_contextvars(request_id=request_id, stage="gateway"),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from services.demo.sev_sim import SimulatedAmdSev, SimulatedSevFirmware, SimulatedVmm
 from shared.platforms.sev.session import SevPolicy
@@ -87,3 +88,71 @@ async def test_sev_launches_end_to_end(infra, tmp_path) -> None:  # type: ignore
     finally:
         await rs.stack.stop()
         await rs.kds.stop()
+
+
+class LocalCekKds:
+    """AMD's KDS as far as CEKs go: ``GET /cek/id/<chip id hex>`` for the chips it knows."""
+
+    def __init__(self, ceks: dict[bytes, bytes]) -> None:
+        self.ceks = {chip.hex(): cek for chip, cek in ceks.items()}
+        self.requests: list[str] = []
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    async def _cek(self, request: web.Request) -> web.Response:
+        chip = request.match_info["chip"]
+        self.requests.append(chip)
+        if chip not in self.ceks:
+            return web.Response(status=404)
+        return web.Response(body=self.ceks[chip], content_type="application/octet-stream")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.add_routes([web.get("/cek/id/{chip}", self._cek)])
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def _auth(url: str, vmm: SimulatedVmm, chip_id: bytes) -> tuple[int, dict]:  # type: ignore[type-arg]
+    body = vmm.auth_body()
+    body["extra-params"]["chip_id"] = chip_id.hex()
+    async with aiohttp.ClientSession() as http, http.post(f"{url}/kbs/v0/auth", json=body) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_the_cek_comes_from_amds_kds_by_chip_id(infra, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    platform = SimulatedAmdSev.generate("Naples")
+    other = platform.another_platform()  # another chip of the same vendor
+    roots = _roots(platform, tmp_path / "sev-roots")
+    kds = LocalCekKds({platform.chip_id: platform.cek, other.chip_id: other.cek})
+    await kds.start()
+    rs = await start_stack(infra, tmp_path / "data", sev_roots_dir=roots, snp_kds_url=kds.base_url)
+    try:
+        vmm = SimulatedVmm(rs.url, SimulatedSevFirmware(platform), workload_id=WORKLOAD, regions=IMAGE, vmsas=VMSAS)
+        admin = rs.stack.trust_admin
+        assert admin is not None
+        await admin.put_reference_value("sev", f"policy.{WORKLOAD}", [hex(POLICY)], "tests")
+        await rs.stack.trust_synced()
+        # The host names its chip: its CEK is fetched from the KDS (once), and the chain verifies.
+        for _ in range(2):
+            status, body = await _auth(rs.url, vmm, platform.chip_id)
+            assert status == 200 and "start" in body["extra-params"], body
+        assert kds.requests == [platform.chip_id.hex()]  # the second launch took the cached CEK
+        # A chip the KDS does not know: no CEK, no session.
+        status, body = await _auth(rs.url, vmm, bytes([7]) * 64)
+        assert status == 401 and body["detail"].startswith("endorsement.not_found"), body
+        # A host that names another chip gets that chip's CEK, which did not sign its PEK.
+        status, body = await _auth(rs.url, vmm, other.chip_id)
+        assert status == 401 and body["detail"].startswith("sev.pek.signed_by_cek"), body
+    finally:
+        await rs.stack.stop()
+        await rs.kds.stop()
+        await kds.stop()

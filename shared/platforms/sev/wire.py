@@ -79,10 +79,16 @@ class Chain(msgspec.Struct, forbid_unknown_fields=True):
 WorkloadId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 
+ChipId = Annotated[str, msgspec.Meta(pattern=r"^([0-9a-fA-F]{128})?$")]
+
+
 class SevRequest(msgspec.Struct, forbid_unknown_fields=True):
     workload_id: WorkloadId
     build: Build
     chain: Chain
+    # A REMITS extension (kbs-types has no such field): the chip's GET_ID output, hex. With it,
+    # the CEK is taken from AMD's KDS for that chip instead of from the host's chain.
+    chip_id: ChipId = ""
 
 
 class PolicyFlags(msgspec.Struct, forbid_unknown_fields=True):
