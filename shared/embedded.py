@@ -240,6 +240,17 @@ def _all_led(node: ManagedServer) -> bool:
     return True
 
 
+def _peers_current(nodes: list[ManagedServer], leader: str) -> bool:
+    """Whether the meta leader sees every other running node as a current peer: before that, it
+    refuses to place a stream with as many replicas as nodes ("no suitable peers")."""
+    node = next((n for n in nodes if f"{CLUSTER_NAME}-{n.name.removeprefix('nats-')}" == leader), None)
+    if node is None:
+        return True  # a cluster not started by nats_cluster: its names are unknown here
+    replicas = (_jsz(node).get("meta_cluster") or {}).get("replicas") or []
+    current = {r.get("name") for r in replicas if r.get("current") and not r.get("offline")}
+    return len(current) >= len(nodes) - 1
+
+
 def wait_for_cluster(nodes: list[ManagedServer], timeout_s: float = 30.0) -> str:
     """Block until every running node of ``nodes`` names the same JetStream meta leader and sees
     a leader for every stream and consumer it holds (the cluster can then create and place
@@ -249,7 +260,9 @@ def wait_for_cluster(nodes: list[ManagedServer], timeout_s: float = 30.0) -> str
         running = [n for n in nodes if n.proc is not None and n.proc.poll() is None]
         leaders = {jetstream_meta_leader(n) for n in running}
         if running and len(leaders) == 1 and "" not in leaders and all(_all_led(n) for n in running):
-            return leaders.pop()
+            leader = next(iter(leaders))
+            if _peers_current(running, leader):
+                return leader
         if time.monotonic() > deadline:
             raise TimeoutError(f"no JetStream meta leader among {[n.name for n in running]} after {timeout_s}s")
         time.sleep(0.1)
