@@ -18,7 +18,7 @@ from pathlib import Path
 from services.common import StageContext
 from shared import schemas
 from shared.errors import ParseError, VerificationError
-from shared.platforms.sev import abi, broker, measure, verify, wire
+from shared.platforms.sev import broker, measure, verify, wire
 from shared.trust.snapshot import TrustSnapshot
 
 TEE = "sev"
@@ -126,23 +126,10 @@ def endorse_sev(roots: verify.SevRoots, certificates: dict[str, bytes]) -> str:
     generation = _ENDORSED.get(key)
     if generation is not None:
         return generation
-    ark = abi.parse_ca_cert(certificates["ark"], "sev.ark")
-    ask = abi.parse_ca_cert(certificates["ask"], "sev.ask")
-    cek = abi.parse_sev_cert(certificates["cek"], "sev.cek")
-    verify.check_usage(ark, abi.Usage.ARK, verify.ARK_USAGE)
-    verify.check_usage(ask, abi.Usage.ASK, verify.ASK_USAGE)
-    verify.check_usage(cek, abi.Usage.CEK, verify.CEK_USAGE)
-    pair = roots.by_ark_key_id(ark.key_id)
-    if pair is None:
-        raise VerificationError(verify.GENERATION, f"no pinned ARK with KEY_ID {ark.key_id.hex()}")
-    if ark != pair.ark:
-        raise VerificationError(verify.ARK_PINNED, f"ARK differs from the pinned {pair.generation.value} ARK")
-    if ask != pair.ask:
-        raise VerificationError(verify.ASK_PINNED, f"ASK differs from the pinned {pair.generation.value} ASK")
-    verify.verify_ark(ark)
-    verify.verify_ask(ask, ark)
-    verify.verify_cek(cek, ask)
+    generation = verify.verify_endorsement(
+        certificates["ark"], certificates["ask"], certificates["cek"], pinned=roots
+    ).value
     if len(_ENDORSED) >= _ENDORSED_MAX:
         _ENDORSED.pop(next(iter(_ENDORSED)))
-    _ENDORSED[key] = pair.generation.value
-    return pair.generation.value
+    _ENDORSED[key] = generation
+    return generation

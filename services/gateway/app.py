@@ -217,7 +217,8 @@ class Gateway:
         if (bad := _require_json(request)) is not None:
             return bad
         raw = await _read_body(request, self.settings.max_body_bytes)
-        if _tee_of(raw) == SEV:
+        # Only a body that names the TEE "sev" is decoded twice: the others pay a substring test.
+        if b'"sev"' in raw and _tee_of(raw) == SEV:
             return await self._sev_auth(raw)
         body = decode_request(raw)
         if body.tee not in SUPPORTED_TEES:

@@ -27,16 +27,16 @@ async def _sev_launch_claims(
     if message.claims.get("sev.workload_id") != state.workload_id:
         raise VerificationError("sev.workload_mismatch", "the claims name another workload than the session")
     workload = state.workload_id
+    requirements = sevlaunch.requirements(snapshot, workload, now)
     verdict = broker.appraise_launch(
         state,
         message.evidence[:32],
         message.evidence[32:48],
         sevlaunch.launch_digests(snapshot, workload, now),
-        sevlaunch.requirements(snapshot, workload, now),
+        requirements,
     )
-    claims: dict[str, object] = dict(verdict.claims)
-    claims["sev.allow_debug"] = sevlaunch.requirements(snapshot, workload, now).allow_debug
-    return claims
+    # The policy violations are judged by the platform's appraisal and Rego, from these claims.
+    return {**verdict.claims, "sev.allow_debug": requirements.allow_debug}
 
 
 def make_handler(ctx: StageContext):

@@ -202,7 +202,12 @@ class Release:
         state = await sevlaunch.load_state(self.ctx, request.meta.session_id)
         if state.workload_id != workload:
             raise VerificationError("sev.workload_mismatch", "the session launched another workload")
-        measured = bytes.fromhex(str(verified.claims.get("sev.measure", "")))
+        try:
+            measured = bytes.fromhex(str(verified.claims.get("sev.measure", "")))
+        except ValueError:
+            measured = b""
+        if len(measured) != 32:
+            raise VerificationError("sev.measurement", "the token vouches for no launch measurement")
         return broker.secret_answer(state, measured, plaintext)
 
     def _judge(

@@ -144,3 +144,25 @@ def test_bench_verify_sev_reports_every_step() -> None:
         assert row["chain_cold_us"] > row["chain_cached_us"] > 0 and row["raw_ecdsa_p384_verify_us"] > 0
     assert "raw_rsa_pss_2048_verify_us" in result["naples"] and "raw_rsa_pss_4096_verify_us" in result["milan"]
     assert all(result[k] > 0 for k in ("session_open_us", "measurement_check_us", "secret_packet_us"))
+
+
+def test_the_platform_judges_only_checked_and_complete_claims() -> None:
+    from shared.platforms.sev.platform import SevPlatform
+
+    sev = SevPlatform()
+    with pytest.raises(VerificationError, match=r"sev\.measurement_unchecked"):
+        sev.appraise(b"\x00" * 48, {"sev.policy": POLICY}, {})
+    with pytest.raises(VerificationError, match=r"sev\.claims"):
+        sev.appraise(b"\x00" * 48, {"sev.launch_digest": IMAGE.hex(), "sev.policy": POLICY}, {})
+    claims = {"sev.launch_digest": IMAGE.hex(), "sev.policy": POLICY, "sev.api_version": "1.51", "sev.build": 7}
+    appraisal = sev.appraise(b"\x00" * 48, claims, {})
+    assert appraisal.violations == [] and appraisal.vector["runtime-opaque"] == 2
+
+
+def test_the_endorse_part_of_the_chain_alone() -> None:
+    p = platform()
+    assert broker.verify.verify_endorsement(p.ark, p.ask, p.cek, pinned=p.roots).value == "Milan"
+    other = p.another_platform()
+    assert broker.verify.verify_endorsement(p.ark, p.ask, other.cek, pinned=p.roots).value == "Milan"
+    with pytest.raises(VerificationError, match=r"sev\.ark\.generation"):
+        broker.verify.verify_endorsement(p.ark, p.ask, p.cek, pinned=broker.verify.pinned_roots())

@@ -47,10 +47,12 @@ class SevPlatform:
             # Only the measure stage's check (broker.appraise_launch) sets it: without it, nothing
             # says the launch ran the registered image.
             raise VerificationError("sev.measurement_unchecked", "the launch measurement was not checked")
-        policy = SevPolicy.decode(int(claims["sev.policy"]))
-        firmware = measure.FirmwareVersion(
-            *(int(x) for x in str(claims["sev.api_version"]).split(".")), int(claims["sev.build"])
-        )
+        try:
+            policy = SevPolicy.decode(int(claims["sev.policy"]))
+            major, minor = (int(x) for x in str(claims["sev.api_version"]).split("."))
+            firmware = measure.FirmwareVersion(major, minor, int(claims["sev.build"]))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise VerificationError("sev.claims", f"the launch's claims are incomplete: {exc!r}") from None
         requirements = measure.PolicyRequirements(allow_debug=bool(claims.get("sev.allow_debug", False)))
         violations: list[Violation] = list(measure.validate_policy(policy, requirements, firmware))
         vector = {

@@ -325,6 +325,31 @@ def _sev(value: SevCert | bytes, role: str) -> SevCert:
     return value if isinstance(value, SevCert) else parse_sev_cert(value, f"sev.{role}")
 
 
+def _verify_amd_part(ark: AmdCaCert, ask: AmdCaCert, cek: SevCert, pinned: SevRoots) -> SevRootPair:
+    """ARK and ASK are the pinned pair of their generation, and the CEK is signed by that ASK."""
+    pair = pinned.by_ark_key_id(ark.key_id)
+    if pair is None:
+        raise _fail(GENERATION, f"no pinned ARK with KEY_ID {ark.key_id.hex()}")
+    if ark != pair.ark:
+        raise _fail(ARK_PINNED, f"ARK differs from the pinned {pair.generation.value} ARK")
+    if ask != pair.ask:
+        raise _fail(ASK_PINNED, f"ASK differs from the pinned {pair.generation.value} ASK")
+    verify_ark(ark)
+    verify_ask(ask, ark)
+    verify_cek(cek, ask)
+    return pair
+
+
+def verify_endorsement(ark: AmdCaCert | bytes, ask: AmdCaCert | bytes, cek: SevCert | bytes, *, pinned: SevRoots) -> Generation:
+    """AMD's part of a host's chain alone (what the endorse stage checks): usages, the pinned
+    ARK/ASK of the generation, and the CEK under the ASK. Returns the generation."""
+    ark_c, ask_c, cek_c = _ca(ark, "ark"), _ca(ask, "ask"), _sev(cek, "cek")
+    check_usage(ark_c, Usage.ARK, ARK_USAGE)
+    check_usage(ask_c, Usage.ASK, ASK_USAGE)
+    check_usage(cek_c, Usage.CEK, CEK_USAGE)
+    return _verify_amd_part(ark_c, ask_c, cek_c, pinned).generation
+
+
 def verify_chain(
     ark: AmdCaCert | bytes,
     ask: AmdCaCert | bytes,
@@ -350,16 +375,7 @@ def verify_chain(
         (pdh_c, Usage.PDH, PDH_USAGE),
     ):
         check_usage(cert, usage, check)
-    pair = pinned.by_ark_key_id(ark_c.key_id)
-    if pair is None:
-        raise _fail(GENERATION, f"no pinned ARK with KEY_ID {ark_c.key_id.hex()}")
-    if ark_c != pair.ark:
-        raise _fail(ARK_PINNED, f"ARK differs from the pinned {pair.generation.value} ARK")
-    if ask_c != pair.ask:
-        raise _fail(ASK_PINNED, f"ASK differs from the pinned {pair.generation.value} ASK")
-    verify_ark(ark_c)
-    verify_ask(ask_c, ark_c)
-    verify_cek(cek_c, ask_c)
+    pair = _verify_amd_part(ark_c, ask_c, cek_c, pinned)
     verify_oca(oca_c)
     verify_pek(pek_c, oca_c, cek_c)
     verify_pdh(pdh_c, pek_c)

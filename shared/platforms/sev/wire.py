@@ -171,25 +171,24 @@ def _decode(raw: bytes | str, typ: type[Any], field: str) -> Any:
         raise ParseError(field, f"{typ.__name__}: {exc}", prefix="sev") from exc
 
 
+def _decode_value(value: Any, typ: type[Any], field: str) -> Any:
+    """``value`` as ``typ``: a JSON string (older clients) or the already-parsed object."""
+    if isinstance(value, str):
+        return _decode(value, typ, field)
+    try:
+        return msgspec.convert(value, typ)
+    except msgspec.ValidationError as exc:
+        raise ParseError(field, f"{typ.__name__}: {exc}", prefix="sev") from exc
+
+
 def decode_sev_request(extra_params: Any) -> SevRequest:
     """The ``extra-params`` of a SEV ``/auth`` request: an object, or a string holding its JSON."""
-    if isinstance(extra_params, str):
-        return _decode(extra_params, SevRequest, "request")
-    try:
-        return msgspec.convert(extra_params, SevRequest)
-    except msgspec.ValidationError as exc:
-        raise ParseError("request", f"SevRequest: {exc}", prefix="sev") from exc
+    return _decode_value(extra_params, SevRequest, "request")  # type: ignore[no-any-return]
 
 
 def decode_measurement(tee_evidence: Any) -> tuple[bytes, bytes]:
     """(MEASURE, MNONCE) from an ``/attest`` body's ``tee-evidence`` (a JSON string, or the object)."""
-    if isinstance(tee_evidence, str):
-        value = _decode(tee_evidence, Measurement, "measurement")
-    else:
-        try:
-            value = msgspec.convert(tee_evidence, Measurement)
-        except msgspec.ValidationError as exc:
-            raise ParseError("measurement", f"Measurement: {exc}", prefix="sev") from exc
+    value = _decode_value(tee_evidence, Measurement, "measurement")
     return bytes(value.measure), bytes(value.mnonce)
 
 
@@ -201,12 +200,7 @@ def challenge_params(session_id: str, policy: int, godh_cert: bytes, session_blo
 
 def decode_challenge_params(extra_params: Any) -> SevChallenge:
     """What a VMM reads from the challenge (the demo's client, and tests)."""
-    if isinstance(extra_params, str):
-        return _decode(extra_params, SevChallenge, "challenge")
-    try:
-        return msgspec.convert(extra_params, SevChallenge)
-    except msgspec.ValidationError as exc:
-        raise ParseError("challenge", f"SevChallenge: {exc}", prefix="sev") from exc
+    return _decode_value(extra_params, SevChallenge, "challenge")  # type: ignore[no-any-return]
 
 
 def secret_body(flags: int, iv: bytes, mac: bytes, ciphertext: bytes) -> bytes:
