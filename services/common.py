@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cryptography.hazmat.primitives.asymmetric import ec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -42,7 +41,7 @@ class StageContext:
     js: JetStreamContext
     store: Store
     platforms: dict[str, Platform]
-    signing_key: ec.EllipticCurvePrivateKey
+    signing_key: Any  # ec.EllipticCurvePrivateKey, or an HSM key (shared.custody) that signs inside the token
     fetcher: EndorsementFetcher
     publisher: JetStreamPublisher
     auth: BusAuth | None = None
@@ -59,6 +58,8 @@ class StageContext:
     clock: Callable[[], float] = time.time
     # Seals SEV launch sessions (identity, measure and release hold it; elsewhere b"").
     sev_key: bytes = b""
+    # Derives and seals IBM SE attestation requests (identity only; elsewhere b"").
+    se_key: bytes = b""
 
     def __post_init__(self) -> None:
         if self.crypto_pool is None and self.settings.crypto_threads > 0:
@@ -118,7 +119,7 @@ def outcome_mac(ctx: StageContext, request_id: str, data: bytes) -> str:
 
 def decision_record(decision: schemas.Decision) -> Publish:
     """The one publish of a decision: auditors and the release stage both read it there."""
-    subject = schemas.decision_subject(decision.meta.tee, decision.status)
+    subject = schemas.decision_subject(decision.meta.tenant, decision.meta.tee, decision.status)
     return Publish(subject, decision, f"{decision.meta.request_id}:decision")
 
 

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from services.audit.chain import AuditSigner
 from services.audit.worker import run_audit
 from services.common import StageContext, stage_runner
+from services.custody import record_signing_key, signing_backend
 from services.decide.worker import make_handler as decide_handler
 from services.endorse.worker import make_handler as endorse_handler
 from services.gateway.app import Gateway
@@ -45,9 +46,11 @@ from shared.ear import load_or_create_signing_key
 from shared.fetch import EndorsementFetcher
 from shared.platforms.azure.platform import AzureVtpmPlatform
 from shared.platforms.base import Platform
+from shared.platforms.cca.platform import CcaPlatform
 from shared.platforms.gcp.platform import GcpVtpmPlatform
 from shared.platforms.sample.pki import VendorPKI
 from shared.platforms.sample.platform import SamplePlatform
+from shared.platforms.se.platform import SePlatform
 from shared.platforms.sev.platform import SevPlatform
 from shared.platforms.snp.abi import Product
 from shared.platforms.snp.certs import AmdRoots, load_roots, pinned_roots
@@ -110,6 +113,8 @@ def build_platforms(settings: Settings) -> dict[str, Platform]:
         **{tee: AzureVtpmPlatform(tee, snp, dcap["tdx"]) for tee in ("az-snp-vtpm", "az-tdx-vtpm")},
         "gcp-vtpm": GcpVtpmPlatform("gcp-vtpm", settings.gcp_ak_roots_path),
         "sev": SevPlatform(),
+        "cca": CcaPlatform(settings.cca_ta_url),
+        "se": SePlatform(),
     }
 
 
@@ -146,13 +151,16 @@ class Stack:
     trust_admin: TrustAdmin | None = None
     _admin_publisher: JetStreamPublisher | None = None
     audit_bound: asyncio.Event = field(default_factory=asyncio.Event)
+    join: Any = None  # the node-join service, when "join" is among the components
 
     async def start(self) -> None:
         configure_logging()
         configure_tracing(self.settings.service_name)
         init_data_dir(self.settings)
         self.platforms = build_platforms(self.settings)
-        self.signing_key = load_or_create_signing_key(self.settings.signing_key_path)
+        self.signing_key = signing_backend(self.settings)
+        # The public half into the durable key set: a rotated key stays published with overlap.
+        record_signing_key(self.settings, self.signing_key.public_key())
         self.fetcher = EndorsementFetcher()
         if self.setup_topology:
             admin = identity_of(self.settings, credentials.ADMIN)
@@ -178,6 +186,8 @@ class Stack:
                 await self._start_provision(ctx, identity_of(self.settings, component))
             elif component == "gateway":
                 await self._start_gateway(ctx)
+            elif component == credentials.JOIN:
+                await self._start_join(ctx)
         first = next(iter(self.contexts.values()), None)
         if first is not None:
             self._stats = StatsResponder(first.nc, self.components, self._counters)
@@ -203,12 +213,13 @@ class Stack:
             publisher=publisher,
             auth=identity.auth,
             sev_key=identity.sev_key,
+            se_key=identity.se_key,
         )
         readable = buckets.READERS.get(component, ())
         if readable:
             ctx.trust = TrustMirror(js, readable)
             await ctx.trust.start()
-            ctx.policies = PolicyCache()
+            ctx.policies = PolicyCache(max_entries=self.settings.policy_cache_entries)
         self.contexts[component] = ctx
         return ctx
 
@@ -284,6 +295,7 @@ class Stack:
             self.waiter,
             auth=ctx.auth,
             relay_public_pem=relay_public,
+            trust=ctx.trust,
         )
         app = gateway.app()
         # /metrics (every component of this process: one registry) and /readyz on the gateway's port.
@@ -300,6 +312,12 @@ class Stack:
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
         self.gateway_url = f"http://{self.settings.http_host}:{port}"
+
+    async def _start_join(self, ctx: StageContext) -> None:
+        from services.join.service import JoinService
+
+        self.join = JoinService(ctx)
+        await self.join.start()
 
     async def not_ready(self) -> list[str]:
         """What keeps this process from taking work: [] when ready, else e.g. ["redis"]."""
@@ -333,6 +351,8 @@ class Stack:
             await asyncio.wait(self._tasks, timeout=10)
         if "gateway" in self.contexts:
             await self.waiter.stop()
+        if self.join is not None:
+            await self.join.stop()
         if self._stats is not None:
             await self._stats.stop()
         for ctx in self.contexts.values():

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
+import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -192,7 +194,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             name=schemas.DECISION_STREAM,
             # Decisions and the admin changes to the trust configuration: one stream, so that
             # the audit consumer chains both in one order.
-            subjects=["remits.decision.>", schemas.admin_subject(">")],
+            subjects=["remits.decision.>", "remits.admin.>"],
             retention=js_api.RetentionPolicy.LIMITS,
             storage=js_api.StorageType.FILE,
             duplicate_window=300.0,
@@ -226,11 +228,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
     ]
     for config in streams:
         config.num_replicas = settings.replicas
-        try:
-            await js.stream_info(config.name)
-            await js.update_stream(config)
-        except NotFoundError:
-            await js.add_stream(config)
+        await patiently(lambda c=config: _ensure_stream(js, c))
     for stage in schemas.STAGES:
         if stage == "release":
             continue  # reads the decision stream (below) and answers resource requests directly
@@ -243,11 +241,60 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
     )
     # The audit consumer reads the whole stream: decisions and admin changes.
     await _ensure_consumer(js, schemas.DECISION_STREAM, _consumer_config(settings, "audit", ""))
+    # Each tenant audit reader the operator's credentials hold gets its feed (its history).
+    if settings.credentials_dir is not None and settings.credentials_dir.is_dir():
+        from shared import credentials, tenant_feeds
+
+        await tenant_feeds.ensure(js, credentials.tenant_audit_readers(settings.credentials_dir))
+
+
+async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name)
+        await js.update_stream(config)
+    except NotFoundError:
+        await js.add_stream(config)
+
+
+# A JetStream API request to a cluster whose meta layer is still busy (just formed, or a loaded
+# machine) can time out although the server will act on it; creating or updating the same stream
+# or consumer again is harmless, so the topology is retried for a while before it fails.
+_TOPOLOGY_PATIENCE_S = 60.0
+
+
+# JetStream's own "try again" answers while a cluster settles: the system is temporarily
+# unavailable (503, 10008), or a peer is not yet current so a replicated stream finds no
+# placement (10005, "no suitable peers").
+_TRANSIENT_ERR_CODES = frozenset({10005, 10008})
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, nats.errors.TimeoutError | nats.errors.NoRespondersError):
+        return True
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+        return True
+    if isinstance(exc, nats.js.errors.APIError):
+        text = (exc.description or "").lower()
+        return exc.err_code in _TRANSIENT_ERR_CODES or "no suitable peers" in text or "temporarily" in text
+    return False
+
+
+async def patiently(call: Callable[[], Awaitable[None]]) -> None:
+    deadline = time.monotonic() + _TOPOLOGY_PATIENCE_S
+    while True:
+        try:
+            await call()
+            return
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.APIError) as exc:
+            if not _transient(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("topology.request_retrying", error=repr(exc))
+            await asyncio.sleep(0.5)
 
 
 async def _ensure_consumer(js: JetStreamContext, stream: str, config: js_api.ConsumerConfig) -> None:
     # add_consumer on an existing durable updates its mutable fields.
-    await js.add_consumer(stream, config=config)
+    await patiently(lambda: js.add_consumer(stream, config=config))
 
 
 class QueueResponder:
@@ -651,6 +698,7 @@ class StageRunner:
             cb=self._on_max_deliveries,
         )
         log.info("stage.started", stage=self.stage)
+        observability.lag_series(self.stream, self.durable)
         self._running = True
         lag = asyncio.create_task(self._watch_lag())
         try:

@@ -53,6 +53,26 @@ redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return 'ok'
 """)
 
+# Attestation quotas as a generic cell rate algorithm: one key per tenant holds the theoretical
+# arrival time (TAT, µs on the Redis clock, which every gateway shares). A tenant allowed N per
+# second may spend N at once from idle, then one every 1/N s: unlike counting per calendar second,
+# there is no window edge around which 2N pass within a second. Returns 0 when admitted, else the
+# µs until the next attestation would be.
+_ADMIT = Script("""
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local wait = tat - now - tolerance
+if wait > 0 then return wait end
+local next_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1000)
+return 0
+""")
+
 # A TPM's (reset count, restart count, clock) only moves forward: compared as a tuple, component
 # by component, with the last accepted value kept per attestation key. Equal is accepted (a
 # redelivered message is checked again); 1, 2 or 3 names the first component that went back.
@@ -95,6 +115,7 @@ class Session:
     expires_at: float
     state: str  # "pending" | "attested"
     token: str = ""
+    tenant: str = "default"  # named at /auth; the session's attestation is judged by its configuration
 
 
 def _session_from_hash(session_id: str, raw: list[bytes] | None) -> Session | None:
@@ -108,6 +129,7 @@ def _session_from_hash(session_id: str, raw: list[bytes] | None) -> Session | No
         expires_at=float(fields.get("expires_at", "0")),
         state=fields.get("state", "pending"),
         token=fields.get("token", ""),
+        tenant=fields.get("tenant", "default"),
     )
 
 
@@ -135,7 +157,9 @@ class Store:
         await self.client.close()
 
     # -- sessions and nonces -------------------------------------------------------------
-    async def create_session(self, tee: str, ttl_s: float, now: float | None = None) -> Session:
+    async def create_session(
+        self, tee: str, ttl_s: float, now: float | None = None, tenant: str = "default"
+    ) -> Session:
         now = time.time() if now is None else now
         session_id = secrets.token_hex(16)
         nonce = _b64_nonce()
@@ -147,7 +171,10 @@ class Store:
         # Not a transaction: the ids are fresh, so nobody can observe the records half-written.
         await self.client.pipeline(
             [
-                ("HSET", key, "tee", tee, "nonce", nonce, "expires_at", repr(expires_at), "state", "pending"),
+                (
+                    "HSET", key, "tee", tee, "nonce", nonce, "expires_at", repr(expires_at), "state", "pending",
+                    "tenant", tenant,
+                ),
                 ("PEXPIRE", key, grace_ms),
                 (
                     "SET", f"{_PREFIX}nonce:{nonce}",
@@ -155,7 +182,20 @@ class Store:
                 ),
             ]
         )
-        return Session(session_id, tee, nonce, expires_at, "pending")
+        return Session(session_id, tee, nonce, expires_at, "pending", tenant=tenant)
+
+    async def admit(self, tenant: str, per_second: int) -> float:
+        """Count one attestation of ``tenant`` against ``per_second``, fleet-wide (every gateway
+        shares the state, timed by the Redis clock): 0 when admitted, else the seconds until the
+        next one would be. Up to ``per_second`` at once from idle, then evenly spaced."""
+        interval_us = 1_000_000 / per_second
+        tolerance_us = interval_us * (per_second - 1)
+        wait_us = int(
+            await self.client.run_script(
+                _ADMIT, [f"{_PREFIX}quota:{tenant}"], [f"{interval_us:.0f}", f"{tolerance_us:.0f}"]
+            )
+        )
+        return max(0.001, wait_us / 1_000_000) if wait_us > 0 else 0.0
 
     async def get_session(self, session_id: str) -> Session | None:
         return _session_from_hash(session_id, await self.client.execute("HGETALL", f"{_PREFIX}session:{session_id}"))

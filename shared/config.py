@@ -71,6 +71,11 @@ class Settings:
     # worker unsubscribes or disconnects, so a stopped replica strands nothing.
     fetch_timeout_s: float = 30.0
     stage_concurrency: int = 128
+    # Compiled policies each worker keeps (least recently used goes first). A compiled policy
+    # holds ~1.6 MB (measured: the default SNP policy), so 64 is ~100 MB; tenants with the same
+    # policy text share one entry. Raise it when more distinct policies are in daily use than
+    # this, or each request past it compiles again (milliseconds).
+    policy_cache_entries: int = 64
     # Threads for signature checks (they release the GIL, so they can overlap with the event
     # loop); 0 runs them inline. Measured with `remits bench`: inline costs less CPU per
     # attestation when every core already runs its own REMITS process, as `remits up` does.
@@ -91,6 +96,31 @@ class Settings:
     # Replaces Google's pinned EK/AK CA roots (a PEM file of certificates) for gcp-vtpm. For test
     # vendors (the GCP vTPM demo and tests) only.
     gcp_ak_roots_path: Path | None = None
+    # Arm CCA trust anchors (CPAKs) served per platform as <url>/<implementation id hex>/<instance id
+    # hex> (one trust-anchor-store entry, JSON); empty: only the offline directory (<dir>/cca/...).
+    cca_ta_url: str = ""
+    # IBM Secure Execution: the operator's host key documents and the chain they are checked
+    # against (<dir>/{hkds,ca,roots,crls}/); none: `se` attestation requests are refused.
+    se_dir: Path | None = None
+    # The node-join service of confidential clusters (component "join", services/join): its attested
+    # TLS port (0: any free port), the clusters it admits nodes to (JSON file), and how often a member
+    # must re-attest before it is evicted.
+    join_host: str = "127.0.0.1"
+    join_port: int = 8443
+    join_clusters_path: Path | None = None
+    join_reattest_s: float = 300.0
+    # Key custody in an HSM through PKCS#11 (e.g. SoftHSM2, a network HSM's client library): the
+    # module, the token's label (and, optionally, the slot that must hold it) and its user PIN (or
+    # a file holding it: a mounted secret rather than the environment), and the labels of the EAR
+    # signing key (EC P-256) and of the key-encryption key of secrets (AES-256). Keys there never
+    # leave the HSM.
+    pkcs11_module: str = ""
+    pkcs11_token: str = ""
+    pkcs11_slot: int | None = None
+    pkcs11_pin: str = field(default="", repr=False)
+    pkcs11_pin_file: Path | None = None
+    pkcs11_signing_key: str = ""
+    pkcs11_kek: str = ""
     # Intel PCS, or a PCCS (same v4 API), for TDX/SGX collateral.
     dcap_pcs_url: str = "https://api.trustedservices.intel.com"
     # Replaces the pinned Intel SGX Root CA (PEM file). For test vendors (the TDX demo) only.
@@ -148,6 +178,7 @@ class Settings:
             ack_wait_s=float(_env("ACK_WAIT_S", str(cls.ack_wait_s))),
             fetch_timeout_s=float(_env("FETCH_TIMEOUT_S", str(cls.fetch_timeout_s))),
             crypto_threads=int(_env("CRYPTO_THREADS", str(cls.crypto_threads))),
+            policy_cache_entries=int(_env("POLICY_CACHE_ENTRIES", str(cls.policy_cache_entries))),
             sample_kds_url=_env("SAMPLE_KDS_URL", cls.sample_kds_url),
             admin_keys=_paths(_env("ADMIN_KEYS", "")),
             provisioner_keys=_paths(_env("PROVISIONER_KEYS", "")),
@@ -160,6 +191,19 @@ class Settings:
             snp_roots_dir=_optional_path(_env("SNP_ROOTS_DIR", "")),
             sev_roots_dir=_optional_path(_env("SEV_ROOTS_DIR", "")),
             gcp_ak_roots_path=_optional_path(_env("GCP_AK_ROOTS_PATH", "")),
+            cca_ta_url=_env("CCA_TA_URL", ""),
+            se_dir=_optional_path(_env("SE_DIR", "")),
+            join_host=_env("JOIN_HOST", cls.join_host),
+            join_port=int(_env("JOIN_PORT", str(cls.join_port))),
+            join_clusters_path=_optional_path(_env("JOIN_CLUSTERS", "")),
+            join_reattest_s=float(_env("JOIN_REATTEST_S", str(cls.join_reattest_s))),
+            pkcs11_module=_env("PKCS11_MODULE", ""),
+            pkcs11_token=_env("PKCS11_TOKEN", ""),
+            pkcs11_slot=int(_env("PKCS11_SLOT", "")) if _env("PKCS11_SLOT", "") else None,
+            pkcs11_pin=_env("PKCS11_PIN", ""),
+            pkcs11_pin_file=_optional_path(_env("PKCS11_PIN_FILE", "")),
+            pkcs11_signing_key=_env("PKCS11_SIGNING_KEY", ""),
+            pkcs11_kek=_env("PKCS11_KEK", ""),
             dcap_pcs_url=_env("DCAP_PCS_URL", cls.dcap_pcs_url),
             dcap_root_ca_path=_optional_path(_env("DCAP_ROOT_CA_PATH", "")),
             dcap_require_crls=_env("DCAP_REQUIRE_CRLS", "true").lower() not in ("0", "false", "no"),
@@ -175,9 +219,9 @@ class Settings:
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         for name in (
-            "data_dir", "offline_endorsements_dir", "snp_roots_dir", "sev_roots_dir", "dcap_root_ca_path", "gcp_ak_roots_path", "credentials_dir",
+            "data_dir", "offline_endorsements_dir", "snp_roots_dir", "sev_roots_dir", "dcap_root_ca_path", "gcp_ak_roots_path", "se_dir", "join_clusters_path", "credentials_dir",
             "nats_creds", "nats_tls_ca", "nats_tls_cert", "nats_tls_key", "redis_tls_ca", "redis_tls_cert",
-            "redis_tls_key", "kek_file",
+            "redis_tls_key", "kek_file", "pkcs11_pin_file",
         ):  # fmt: skip
             if name in clean:
                 clean[name] = Path(str(clean[name]))

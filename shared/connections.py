@@ -36,6 +36,7 @@ class ComponentIdentity:
     relay_public_pem: str = ""
     kek_path: Path | None = None
     sev_key: bytes = b""  # seals SEV launch sessions (identity, measure, release); b"": SEV is off
+    se_key: bytes = b""  # derives and seals SE attestation requests (identity); b"": SE is off
 
     @property
     def open_bus(self) -> bool:
@@ -65,13 +66,29 @@ def identity_of(settings: Settings, component: str) -> ComponentIdentity:
         relay_public_pem=creds.relay_public_pem,
         kek_path=creds.kek_path,
         sev_key=bytes.fromhex(creds.sev_key_path.read_text().strip()) if creds.sev_key_path else b"",
+        se_key=bytes.fromhex(creds.se_key_path.read_text().strip()) if creds.se_key_path else b"",
     )
 
 
 def keyring_of(settings: Settings, identity: ComponentIdentity):  # type: ignore[no-untyped-def]
-    """The key-encryption key of secrets at rest: a value from configuration (REMITS_KEK), a key
-    file (REMITS_KEK_FILE), the one in the component's credentials, or, on an open development
-    bus only, one created in the data directory."""
+    """The key-encryption keys of secrets at rest (``_file_keyring``), with the HSM-held KEK as
+    the current one when REMITS_PKCS11_KEK names it: then no KEK that seals new secrets is ever
+    outside the HSM, and older records open with the file keys until they are rewrapped."""
+    return with_custody(settings, _file_keyring(settings, identity))
+
+
+def with_custody(settings: Settings, ring):  # type: ignore[no-untyped-def]
+    """``ring`` with the HSM-held KEK as its current key, when one is configured."""
+    if settings.pkcs11_module and settings.pkcs11_kek:
+        from services.custody import hsm_kek
+
+        return ring.with_custody(hsm_kek(settings))
+    return ring
+
+
+def _file_keyring(settings: Settings, identity: ComponentIdentity):  # type: ignore[no-untyped-def]
+    """A value from configuration (REMITS_KEK), a key file (REMITS_KEK_FILE), the one in the
+    component's credentials, or, on an open development bus only, one created in the data directory."""
     from shared.sealing import KeyRing
 
     if settings.kek:
@@ -113,7 +130,7 @@ def keyring_source(settings: Settings, identity: ComponentIdentity):  # type: ig
         stamp = _stamp(path)
         if stamp != state["stamp"]:
             try:
-                state["ring"] = KeyRing.load(path)
+                state["ring"] = with_custody(settings, KeyRing.load(path))
                 state["stamp"] = stamp
             except (SealingError, OSError) as exc:
                 log.warning("kek.reload_failed", file=str(path), error=str(exc))

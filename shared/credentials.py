@@ -9,6 +9,7 @@ Layout of a credentials directory (files holding secrets are mode 0600):
 
     <component>.nk              the component's NATS nkey seed (`--nats-creds`)
     <component>.json            its Redis user and password, its message key, its peers' keys
+    audit-tenant-<tenant>.nk    a tenant audit reader's nkey seed (``add_tenant_audit_reader``)
     nats-authorization.conf     the users block for nats-server (include it, or `-c` it)
     redis-users.acl             the users for redis-server (`--aclfile`)
 
@@ -28,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared import schemas
+from shared import schemas, tenant_feeds, tenants
 
 STAGE_COMPONENTS = schemas.STAGES
-COMPONENTS: tuple[str, ...] = ("gateway", *STAGE_COMPONENTS, "audit", "provision", "admin")
+COMPONENTS: tuple[str, ...] = ("gateway", *STAGE_COMPONENTS, "audit", "provision", "join", "admin")
+JOIN = "join"  # the node-join service of confidential clusters (services/join): a second front door
 PROVISION = "provision"  # the only writer of the trust configuration (behind the admin API)
 ADMIN = "admin"  # the operator: topology, provisioning, tools (`remits setup`, `refval`, `bench`)
 
@@ -41,33 +43,50 @@ _BEFORE_DECIDE = frozenset({"intake", "endorse", "identity", "measure", "decide"
 # from another sender, is dropped as unauthenticated: the decide stage signs an EAR only for an
 # appraisal the measure stage sent.
 EXPECTS: Mapping[str, Mapping[str, frozenset[str]]] = {
-    "intake": {"attest_request": frozenset({"gateway"}), "sev_launch": frozenset({"gateway"})},
-    "endorse": {"parsed_evidence": frozenset({"intake"}), "sev_launch": frozenset({"intake"})},
-    "identity": {"endorsed_evidence": frozenset({"endorse"}), "sev_launch": frozenset({"endorse"})},
+    "intake": {
+        "attest_request": frozenset({"gateway", JOIN}),
+        "sev_launch": frozenset({"gateway"}),
+        "se_challenge": frozenset({"gateway"}),
+    },
+    "endorse": {
+        "parsed_evidence": frozenset({"intake"}),
+        "sev_launch": frozenset({"intake"}),
+        "se_challenge": frozenset({"intake"}),
+    },
+    "identity": {
+        "endorsed_evidence": frozenset({"endorse"}),
+        "sev_launch": frozenset({"endorse"}),
+        "se_challenge": frozenset({"endorse"}),
+    },
     "measure": {"verified_evidence": frozenset({"identity"})},
     "decide": {"appraised_evidence": frozenset({"measure"}), "rejection": _BEFORE_DECIDE},
-    "release": {"decision": frozenset({"decide"}), "resource_request": frozenset({"gateway"})},
+    "release": {"decision": frozenset({"decide"}), "resource_request": frozenset({"gateway", JOIN})},
     "audit": {"decision": frozenset({"decide"}), "admin_event": frozenset({PROVISION, ADMIN})},
     # Decisions too: the fleet dashboard follows them (read only).
-    # Outcomes from identity too: the challenge of a SEV launch.
+    # Outcomes from identity too: the challenge of a SEV launch or of an SE attestation.
     "gateway": {
         "outcome": frozenset({"release", "identity"}),
         "admin_reply": frozenset({PROVISION}),
         "decision": frozenset({"decide"}),
+        # The signed statement of a cluster's membership (GET /cluster/<name>/attestation).
+        "cluster_statement": frozenset({JOIN}),
     },
+    # A node's decision comes back as release's outcome; statements are asked for by the gateway.
+    JOIN: {"outcome": frozenset({"release"}), "statement_request": frozenset({"gateway"})},
     PROVISION: {"admin_request": frozenset({"gateway"})},
 }
 
 # Whose messages each component accepts (and therefore whose keys it holds).
 ACCEPTS: Mapping[str, frozenset[str]] = {
     component: frozenset().union(*EXPECTS.get(component, {}).values()) for component in (
-        "gateway", *STAGE_COMPONENTS, "audit", PROVISION, "admin"
+        "gateway", *STAGE_COMPONENTS, "audit", PROVISION, JOIN, "admin"
     )
 }  # fmt: skip
 
 # The stage a stage hands its work to (rejections always go to decide).
 NEXT_SUBJECT: Mapping[str, str] = {
     "gateway": schemas.stage_subject("intake"),
+    JOIN: schemas.stage_subject("intake"),
     "intake": schemas.stage_subject("endorse"),
     "endorse": schemas.stage_subject("identity"),
     "identity": schemas.stage_subject("measure"),
@@ -107,7 +126,10 @@ def nats_permissions(component: str) -> dict[str, Any]:
         if component in buckets.WRITERS:
             publish += buckets.write_rights(bucket)
     if component == "gateway":
-        publish += [schemas.stage_subject("intake"), schemas.RESOURCE_SUBJECT, schemas.ADMIN_REQUEST_SUBJECT]
+        publish += [
+            schemas.stage_subject("intake"), schemas.RESOURCE_SUBJECT, schemas.ADMIN_REQUEST_SUBJECT,
+            schemas.CLUSTER_STATEMENT_SUBJECT,
+        ]  # fmt: skip
         # The fleet dashboard: decisions as they are published, and every process's statistics.
         publish.append(schemas.STATS_COLLECT_SUBJECT)
         subscribe += ["remits.outcome.*", "remits.decision.>"]
@@ -129,12 +151,91 @@ def nats_permissions(component: str) -> dict[str, Any]:
         publish += [*pub, schemas.AUDIT_SUBJECT, f"$JS.API.STREAM.MSG.GET.{schemas.AUDIT_STREAM}"]
         subscribe += sub
     elif component == PROVISION:
-        publish.append(schemas.admin_subject("*"))
+        publish.append(schemas.admin_subject("*", "*"))
         subscribe.append(schemas.ADMIN_REQUEST_SUBJECT)
+    elif component == JOIN:
+        # Nodes' evidence into the pipeline, their cluster secrets from release, evictions out;
+        # its own membership bucket (read and write), statements on request.
+        publish += [
+            schemas.stage_subject("intake"), schemas.RESOURCE_SUBJECT, schemas.cluster_subject("*", "evicted"),
+            *buckets.read_rights(buckets.CLUSTERS), *buckets.write_rights(buckets.CLUSTERS),
+        ]  # fmt: skip
+        subscribe += ["remits.outcome.*", schemas.CLUSTER_STATEMENT_SUBJECT]
     else:
         raise ValueError(f"unknown component {component!r}")
     # Answers to requests it received (stats collection; release's resource answers), once each.
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}, "allow_responses": {"max": 1}}
+
+
+# Tenant audit readers: one NATS user per tenant whose team may follow that tenant's audit events
+# (its decisions and its admin changes) and nothing else. Not components: no Redis user, no message
+# key (so no .json file); only an nkey seed, whose presence in the directory is what makes the user.
+AUDIT_READER_PREFIX = tenant_feeds.PREFIX
+
+
+def tenant_audit_user(tenant: str) -> str:
+    """The reader's name (its seed file's stem and its inbox's; its feed's consumer is named the
+    same): refuses a name that is no tenant's, since the name becomes a subject token and a file
+    name."""
+    return tenant_feeds.durable(tenant)
+
+
+def tenant_audit_seed(directory: Path, tenant: str) -> Path:
+    return directory / f"{tenant_audit_user(tenant)}.nk"
+
+
+def tenant_audit_permissions(tenant: str) -> dict[str, Any]:
+    """What ``tenant``'s audit reader may do on the bus: subscribe to its tenant's audit subjects
+    (live), to its tenant's audit feed (the history, see ``tenant_feeds``) and to its own inbox;
+    publish nothing.
+
+    No JetStream API rights, deliberately: they cannot be scoped to a tenant's subjects safely. A
+    consumer's filter travels in the request body (only some clients use the create-subject form
+    that names it), message gets ($JS.API.STREAM.MSG.GET, $JS.API.DIRECT.GET) read any sequence,
+    whoever's, and the server answers a request (or an ack) on whatever reply subject it names,
+    another tenant's included. The feed is a push consumer the operator creates: the reader only
+    listens."""
+    user = tenant_audit_user(tenant)  # refuses a bad name before it reaches a subject
+    subscribe = [*schemas.tenant_audit_subjects(tenant), tenant_feeds.subject(tenant), f"{inbox_prefix(user)}.>"]
+    # "deny everything", not an empty allow list: nats-server reads an empty allow list as no
+    # restriction at all. A subscriber publishes nothing (PING/PONG are protocol, not subjects).
+    return {"publish": {"deny": [">"]}, "subscribe": {"allow": subscribe}}
+
+
+def tenant_audit_readers(directory: Path) -> list[str]:
+    """The tenants with an audit reader in ``directory`` (sorted). A seed file whose name holds no
+    valid tenant is ignored: it never becomes a user (fail closed)."""
+    stems = (p.stem for p in directory.glob(f"{AUDIT_READER_PREFIX}*.nk"))
+    return sorted(t for t in (s[len(AUDIT_READER_PREFIX) :] for s in stems) if tenants.is_name(t))
+
+
+def add_tenant_audit_reader(directory: Path, tenant: str) -> Path:
+    """Create ``tenant``'s audit reader unless it exists (its key is kept, like a component's) and
+    render the servers' configuration again, so that nats-server knows it once reloaded. Returns
+    the seed's path (what the team connects with: ``--nats-creds`` / nats-py's ``nkeys_seed``)."""
+    seed = tenant_audit_seed(directory, tenant)  # checks the name before anything is written
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    if not seed.exists():
+        _write_secret(seed, _new_seed() + b"\n")
+    render_server_config(directory)
+    return seed
+
+
+def remove_tenant_audit_reader(directory: Path, tenant: str) -> bool:
+    """Delete ``tenant``'s audit reader and render the configuration without it (it is refused
+    once nats-server reloads it). Whether there was one to remove."""
+    seed = tenant_audit_seed(directory, tenant)
+    existed = seed.exists()
+    seed.unlink(missing_ok=True)
+    render_server_config(directory)
+    return existed
+
+
+def _nkey_public(seed_path: Path) -> str:
+    import nkeys
+
+    return str(nkeys.from_seed(seed_path.read_bytes().strip()).public_key.decode())
 
 
 # Redis 6.2 grants commands over all of a user's key patterns together, so each user's patterns and
@@ -142,12 +243,21 @@ def nats_permissions(component: str) -> dict[str, Any]:
 # resources with GET but writes only hashes (HSET), so it cannot overwrite a secret. Every user may
 # ask ROLE: behind Sentinel, a client checks that the server it was sent to is the master.
 REDIS_RULES: Mapping[str, str] = {
-    "gateway": "~remits:session:* ~remits:nonce:* ~remits:outcome:* +hset +pexpire +set +hgetall +hget +role +ping",
+    # ...and the per-tenant state of the attestation quotas (a script: TIME, GET, SET).
+    "gateway": (
+        "~remits:session:* ~remits:nonce:* ~remits:outcome:* ~remits:quota:* +hset +pexpire +set +hgetall +hget "
+        "+evalsha +eval +get +time +role +ping"
+    ),
+    # The join service issues challenges and waits for outcomes exactly like the gateway.
+    JOIN: "~remits:session:* ~remits:nonce:* ~remits:outcome:* +hset +pexpire +set +hgetall +hget +role +ping",
     "intake": "~remits:nonce:* ~remits:nonce-used:* +evalsha +eval +get +del +set +wait +role +ping",
     "endorse": "~remits:endorsement:* ~remits:lock:* +get +set +pttl +del +evalsha +eval +role +ping",
     # The last clock state of each TPM attestation key (clock monotonicity), nothing else.
-    # ...and the sealed state of the SEV launch sessions it opens (SET with an expiry).
-    "identity": "~remits:tpm-clock:* ~remits:sev-session:* +get +set +evalsha +eval +role +ping",
+    # ...and the sealed state of the SEV launch sessions it opens (SET with an expiry), and of
+    # the SE attestation requests it builds.
+    "identity": (
+        "~remits:tpm-clock:* ~remits:sev-session:* ~remits:se-session:* +get +set +evalsha +eval +role +ping"
+    ),
     "measure": "~remits:sev-session:* +get +role +ping",
     "decide": "~remits:decision:* +set +get +role +ping",
     "release": (
@@ -182,6 +292,7 @@ class ComponentCredentials:
     relay_public_pem: str = ""  # gateway only: provision's relay key
     kek_path: Path | None = None  # provision and release: the key-encryption key file
     sev_key_path: Path | None = None  # identity, measure, release: seals SEV launch sessions
+    se_key_path: Path | None = None  # identity: derives and seals SE attestation requests
 
     @property
     def nats_public_key(self) -> str:
@@ -225,8 +336,9 @@ def ensure_credentials(directory: Path, components: Iterable[str] = COMPONENTS) 
             if component == PROVISION:
                 own["relay_private_pem"] = _new_relay_key()
             _write_secret(secret, json.dumps(own).encode())
-    if any(c in SEV_KEY_HOLDERS for c in components) and not (directory / SEV_KEY_FILE).exists():
-        _write_secret(directory / SEV_KEY_FILE, secrets.token_hex(32).encode())
+    for key_file, holders in SESSION_KEYS.items():
+        if any(c in holders for c in components) and not (directory / key_file).exists():
+            _write_secret(directory / key_file, secrets.token_hex(32).encode())
     if PROVISION in components and not (directory / KEK_FILE).exists():
         from shared.sealing import KeyRing
 
@@ -241,6 +353,12 @@ KEK_HOLDERS = (PROVISION, "release", ADMIN)
 # challenge and the secret (shared.platforms.sev.broker): only the stages that open them.
 SEV_KEY_FILE = "sev-session-key.hex"
 SEV_KEY_HOLDERS = ("identity", "measure", "release")
+# The key an IBM Secure Execution attestation request's measurement key and nonce are derived from
+# and sealed with between the challenge and the response: identity builds the request and checks
+# the response, so no other component can compute (or forge) a measurement.
+SE_KEY_FILE = "se-session-key.hex"
+SE_KEY_HOLDERS = ("identity",)
+SESSION_KEYS: Mapping[str, tuple[str, ...]] = {SEV_KEY_FILE: SEV_KEY_HOLDERS, SE_KEY_FILE: SE_KEY_HOLDERS}
 
 
 def _new_relay_key() -> str:
@@ -292,6 +410,9 @@ def load(directory: Path, component: str) -> ComponentCredentials:
         sev_key_path=directory / SEV_KEY_FILE
         if component in SEV_KEY_HOLDERS and (directory / SEV_KEY_FILE).exists()
         else None,
+        se_key_path=directory / SE_KEY_FILE
+        if component in SE_KEY_HOLDERS and (directory / SE_KEY_FILE).exists()
+        else None,
     )
 
 
@@ -312,6 +433,10 @@ def render_server_config(directory: Path) -> None:
         creds = load(directory, component)
         users.append({"nkey": creds.nats_public_key, "permissions": nats_permissions(component)})
         acl.append(redis_acl_line(component, creds.redis_password))
+    # Tenant audit readers: NATS users only (they have nothing to do in Redis).
+    for tenant in tenant_audit_readers(directory):
+        seed = tenant_audit_seed(directory, tenant)
+        users.append({"nkey": _nkey_public(seed), "permissions": tenant_audit_permissions(tenant)})
     # nats-server's configuration format reads JSON values; anonymous clients match no user.
     body = ",\n    ".join(json.dumps(user) for user in users)
     conf = f"# Generated by REMITS: one nkey user per component.\nauthorization {{\n  users = [\n    {body}\n  ]\n}}\n"
@@ -337,10 +462,18 @@ def export_per_component(directory: Path, out: Path) -> None:
         names = [f"{component}.nk", f"{component}.json"]
         if component in KEK_HOLDERS and (directory / KEK_FILE).exists():
             names.append(KEK_FILE)
-        if component in SEV_KEY_HOLDERS and (directory / SEV_KEY_FILE).exists():
-            names.append(SEV_KEY_FILE)
+        for key_file, holders in SESSION_KEYS.items():
+            if component in holders and (directory / key_file).exists():
+                names.append(key_file)
         for name in names:
             _write_secret(target / name, (directory / name).read_bytes())
+    # Each tenant audit reader likewise, alone in its own directory: what its team is handed.
+    for tenant in tenant_audit_readers(directory):
+        seed = tenant_audit_seed(directory, tenant)
+        target = out / seed.stem
+        target.mkdir(parents=True, exist_ok=True)
+        os.chmod(target, 0o700)
+        _write_secret(target / seed.name, seed.read_bytes())
     servers = out / SERVERS_DIR
     servers.mkdir(parents=True, exist_ok=True)
     os.chmod(servers, 0o755)

@@ -158,7 +158,7 @@ def build_ear_claims(
 # --- signing ------------------------------------------------------------------------------------
 
 
-def _p256_public_jwk(public_key: ec.EllipticCurvePublicKey) -> dict[str, str]:
+def p256_public_jwk(public_key: ec.EllipticCurvePublicKey) -> dict[str, str]:
     numbers = public_key.public_numbers()
     return {
         "kty": "EC",
@@ -192,10 +192,13 @@ _json_encoder = msgspec.json.Encoder()
 class EarSigner:
     """Signs EAR claims as an ES256 JWT carrying the public key (``jwk``) and its thumbprint (``kid``)."""
 
-    def __init__(self, private_key: ec.EllipticCurvePrivateKey) -> None:
-        _require_p256(private_key)
+    def __init__(self, private_key: ec.EllipticCurvePrivateKey | Any) -> None:
+        # A private key held here, or a custody backend (an HSM through PKCS#11) that signs
+        # without ever handing out the key: anything with public_key() and sign_digest_input().
+        self._backend = None if isinstance(private_key, ec.EllipticCurvePrivateKey) else private_key
+        _require_p256(private_key if self._backend is None else private_key.public_key())
         self._private_key = private_key
-        base = _p256_public_jwk(private_key.public_key())
+        base = p256_public_jwk(private_key.public_key())
         self._kid = jwk_thumbprint(base)
         self._public_jwk = {**base, "alg": SIGNING_ALG, "use": "sig", "kid": self._kid}
         header = {"alg": SIGNING_ALG, "typ": "JWT", "jwk": {**base, "alg": SIGNING_ALG}, "kid": self._kid}
@@ -211,6 +214,8 @@ class EarSigner:
 
     def sign(self, claims: dict[str, Any]) -> str:
         signing_input = f"{self._header_b64}.{b64url_encode(_json_encoder.encode(claims))}"
+        if self._backend is not None:
+            return f"{signing_input}.{b64url_encode(self._backend.sign_digest_input(signing_input.encode('ascii')))}"
         r, s = decode_dss_signature(self._private_key.sign(signing_input.encode("ascii"), _ECDSA_SHA256))
         return f"{signing_input}.{b64url_encode(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
@@ -315,6 +320,32 @@ class EarVerifier:
         if not isinstance(claims.get("submods"), dict):
             raise VerificationError("token.malformed", "submods missing")
         return claims
+
+
+def token_kid(token: Any, what: str = "token") -> str:
+    """The ``kid`` of a compact JWS's header, read before anything is trusted: it only chooses
+    which trusted key to verify with. Failures are ``<what>.malformed``."""
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise VerificationError(f"{what}.malformed", "not a compact JWS")
+    try:
+        header = json.loads(b64url_decode(token.split(".", 1)[0]))
+    except (ValueError, RecursionError) as exc:
+        raise VerificationError(f"{what}.malformed", "header is not base64url JSON") from exc
+    kid = header.get("kid") if isinstance(header, dict) else None
+    if not isinstance(kid, str) or not kid:
+        raise VerificationError(f"{what}.malformed", "header has no kid")
+    return kid
+
+
+def token_issuer(token: Any) -> str:
+    """The ``iss`` of a compact JWS's payload, read before anything is trusted: it only chooses
+    whose keys must have signed it ("" when it names none)."""
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise VerificationError("token.malformed", "not a compact JWS")
+    # The lenient decoding: whatever spelling, the signature check that follows covers these
+    # bytes, and the strict canonical check costs as much as the rest of a 2 KB payload's read.
+    iss = _json_object(token.split(".")[1], "payload", signed=True).get("iss")
+    return iss if isinstance(iss, str) else ""
 
 
 def verify_ear(

@@ -165,9 +165,17 @@ def consumer_lag(stream: str, consumer: str, pending: int, ack_pending: int) -> 
     CONSUMER_ACK_PENDING.labels(stream, consumer).set(ack_pending)
 
 
+def lag_series(stream: str, consumer: str) -> None:
+    """A consumer's lag series, at zero until the first read: a scrape right after a worker says
+    "ready" finds them even while that read is still in flight."""
+    CONSUMER_PENDING.labels(stream, consumer)
+    CONSUMER_ACK_PENDING.labels(stream, consumer)
+
+
 async def watch_lag(js: Any, stream: str, durable: str, times: StageTimes) -> None:
     """Every ``LAG_INTERVAL_S``, a durable consumer's backlog into the lag gauges and into the
     stage's statistics (which the fleet dashboard collects); until cancelled."""
+    lag_series(stream, durable)
     while True:
         try:
             info = await js.consumer_info(stream, durable)

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 # Subjects. Stage work flows on remits.stage.<stage>; decisions are kept for audit on
-# remits.decision.<tee>.<status>; dead letters on remits.dlq.<stage>.
+# remits.decision.<tenant>.<tee>.<status>; dead letters on remits.dlq.<stage>.
 PIPELINE_STREAM = "REMITS_PIPELINE"
 DECISION_STREAM = "REMITS_DECISIONS"
 DLQ_STREAM = "REMITS_DLQ"
@@ -42,13 +42,20 @@ STATS_RESET_SUBJECT = "remits.stats.reset"
 STATS_SUBJECTS = "remits.stats.*"
 
 
-def decision_subject(tee: str, status: str) -> str:
-    return f"remits.decision.{tee}.{status}"
+def decision_subject(tenant: str, tee: str, status: str) -> str:
+    """Per tenant first, so that a team's audit reader may be allowed remits.decision.<tenant>.>
+    and nothing else."""
+    return f"remits.decision.{tenant}.{tee}.{status}"
 
 
-def admin_subject(bucket: str) -> str:
+def admin_subject(tenant: str, bucket: str) -> str:
     """Admin changes share the decision stream, so that one audit consumer chains both."""
-    return f"remits.admin.{bucket}"
+    return f"remits.admin.{tenant}.{bucket}"
+
+
+def tenant_audit_subjects(tenant: str) -> list[str]:
+    """Everything of ``tenant``'s on the decision stream: its decisions and its admin changes."""
+    return [f"remits.decision.{tenant}.>", f"remits.admin.{tenant}.>"]
 
 
 EVIDENCE_STREAM = "REMITS_EVIDENCE"
@@ -98,6 +105,13 @@ class RequestMeta(msgspec.Struct, omit_defaults=True):
     submitted_at: float  # unix seconds, for end-to-end latency
     session_id: str = ""
     nonce: str = ""  # the challenge nonce the client claims to answer
+    # Why the evidence is appraised: "" a KBS attestation, "join" a node joining a cluster.
+    purpose: str = ""
+    # How the evidence binds the challenge: "" the KBS runtime data (nonce, tee-pubkey), "atls" an
+    # attested-TLS certificate (SHA-384 of its SubjectPublicKeyInfo and the nonce, shared.atls).
+    binding: str = ""
+    # The namespace whose policies, reference values and keys judge the request (shared.tenants).
+    tenant: str = "default"
 
 
 class StageMessage(msgspec.Struct, tag_field="kind", omit_defaults=True):
@@ -178,7 +192,7 @@ class Rejection(StageMessage, tag="rejection"):
 
 
 class Decision(StageMessage, tag="decision"):
-    """decide -> release, and the audit record on remits.decision.<tee>.<status>."""
+    """decide -> release, and the audit record on remits.decision.<tenant>.<tee>.<status>."""
 
     status: Status
     decided_at: float
@@ -201,7 +215,8 @@ class ResourceRequest(StageMessage, tag="resource_request"):
 
 class AdminEvent(StageMessage, tag="admin_event"):
     """An operator's change to the trust configuration, for the audit trail
-    (remits.admin.<kind>): who, what, and the revisions before and after."""
+    (remits.admin.<tenant>.<kind>; the tenant in ``meta``): who, what, and the revisions before
+    and after. ``key`` is the key within the tenant."""
 
     actor: str  # the admin credential's subject and key id
     action: str  # "put" | "delete"
@@ -227,9 +242,55 @@ class SevLaunchRequest(StageMessage, tag="sev_launch"):
     chip_id: bytes = b""  # when given, endorse takes the CEK from AMD's KDS for this chip
 
 
+CLUSTER_STATEMENT_SUBJECT = "remits.join.statement"
+
+
+class ClusterMember(msgspec.Struct, omit_defaults=True):
+    """A node of a confidential cluster as the join service keeps it (KV bucket remits_clusters,
+    key <cluster>.<node>): what it runs on and when it last proved it."""
+
+    cluster: str
+    node: str
+    tee: str
+    status: str  # "member" | "evicted"
+    joined_at: float
+    last_attested: float
+    ear: str  # the EAR of its last affirming attestation
+    ear_sha256: str
+    key_sha256: str  # SHA-256 of the node key's SubjectPublicKeyInfo (its attested-TLS key)
+    tcb: dict[str, Any] = {}  # the TCB/SVN claims of that attestation
+    reason: str = ""  # why it was evicted
+    evicted_at: float = 0.0
+
+
+class ClusterEvent(msgspec.Struct, omit_defaults=True):
+    """remits.cluster.<name>.evicted: a node the control plane must stop trusting, and why."""
+
+    cluster: str
+    node: str
+    event: str  # "evicted"
+    reason: str
+    at: float
+    detail: str = ""
+
+
+def cluster_subject(cluster: str, event: str) -> str:
+    """``remits.cluster.<name>.<event>``: e.g. a node evicted from a confidential cluster."""
+    return f"remits.cluster.{cluster}.{event}"
+
+
+class SeChallengeRequest(StageMessage, tag="se_challenge"):
+    """gateway -> intake -> endorse -> identity: a KBS ``/auth`` for IBM Secure Execution. Identity
+    builds the attestation request (ARCB) for the operator's verified host key documents, keeps its
+    measurement key and nonce sealed in Redis under the session, and answers the gateway with the
+    challenge (an Outcome with status "challenge" whose detail is the challenge's extra-params).
+    The meta carries the session and its KBS nonce, which the guest binds in its user data."""
+
+
 StageUnion = (
     AttestRequest
     | SevLaunchRequest
+    | SeChallengeRequest
     | ParsedEvidence
     | EndorsedEvidence
     | VerifiedEvidence
@@ -255,6 +316,7 @@ class EvidenceRecord(msgspec.Struct, omit_defaults=True):
     provenance: Appraised
     vector: dict[str, int] = {}
     reject: str = ""  # the rejection reason when the policy rejected
+    tenant: str = "default"  # whose configuration appraised it
 
 
 # -- the trust configuration, kept in JetStream key-value buckets (every change a revision) -----
@@ -309,6 +371,16 @@ class RevocationRecord(msgspec.Struct, omit_defaults=True):
     revoked_by: str = ""
 
 
+class TenantRecord(msgspec.Struct, omit_defaults=True):
+    """Bucket remits_tenants, key = the tenant's name: a namespace and its quotas (0: none)."""
+
+    name: str
+    created_by: str = ""
+    created_at: float = 0.0
+    attestations_per_s: int = 0  # attestation requests admitted per second, fleet-wide
+    max_resources: int = 0  # resources the tenant may store
+
+
 class AdminKeyRecord(msgspec.Struct, omit_defaults=True):
     """Bucket remits_admin_keys, key = the key id: a public key allowed to sign admin requests
     (role "admin") or reference-value manifests (role "provisioner")."""
@@ -338,6 +410,7 @@ class AdminRequest(msgspec.Struct, omit_defaults=True):
     sealed_body: str = ""
     content_type: str = ""
     query: dict[str, str] = {}
+    tenant: str = "default"  # /t/<tenant>/admin/v1/... (the unprefixed paths: default)
 
 
 class AdminReply(msgspec.Struct, omit_defaults=True):
@@ -395,6 +468,7 @@ class AuditRecord(msgspec.Struct, omit_defaults=True):
     bucket_revisions: dict[str, int] = {}
     revocations: list[str] = []
     verifier: str = ""
+    tenant: str = "default"
 
 
 _stage_encoder = msgspec.msgpack.Encoder()

@@ -94,11 +94,14 @@ class KeyRing:
 
     __slots__ = ("_current", "_keys")
 
-    def __init__(self, current_kid: str, keys: Mapping[str, bytes]) -> None:
+    def __init__(self, current_kid: str, keys: Mapping[str, bytes | Any]) -> None:
         for kid, key in keys.items():
             if not isinstance(kid, str) or not _KID_RE.fullmatch(kid):
                 raise SealingError("kek.kid", "a KEK id must be 1-64 of A-Z a-z 0-9 . _ -")
-            if not isinstance(key, bytes) or len(key) != KEY_SIZE:
+            # A KEK is 32 bytes held here, or a custody backend (an HSM key through PKCS#11:
+            # shared.custody.kek) that wraps and unwraps DEKs without the key leaving the HSM.
+            held = isinstance(key, bytes) and len(key) == KEY_SIZE
+            if not held and not (hasattr(key, "wrap") and hasattr(key, "unwrap")):
                 raise SealingError("kek.key", f"KEK {kid!r} is not {KEY_SIZE} bytes")
         if current_kid not in keys:
             raise SealingError("kek.current", f"current KEK {current_kid!r} is not among the keys")
@@ -113,7 +116,7 @@ class KeyRing:
     def kids(self) -> tuple[str, ...]:
         return tuple(self._keys)
 
-    def _key(self, kid: object) -> bytes:
+    def _key(self, kid: object) -> Any:
         if not isinstance(kid, str) or kid not in self._keys:
             raise SealingError(
                 "kid", f"unknown KEK id {kid!r}" if isinstance(kid, str) else "must be a string"
@@ -132,7 +135,14 @@ class KeyRing:
 
     # --- serialisation ---
 
+    def with_custody(self, kek: Any) -> KeyRing:
+        """This ring with an HSM-held KEK (shared.custody) as the current one: new secrets are
+        sealed under it, records under the others still open until `remits kek rotate` rewraps them."""
+        return KeyRing(kek.kid, {**self._keys, kek.kid: kek})
+
     def to_bytes(self) -> bytes:
+        if not all(isinstance(key, bytes) for key in self._keys.values()):
+            raise SealingError("kek", "a ring with HSM-held keys is configured, not written to a file")
         doc = {"current": self._current, "keys": {kid: _b64(key) for kid, key in self._keys.items()}}
         return (json.dumps(doc, indent=2) + "\n").encode()
 
@@ -264,8 +274,13 @@ def _check_sealed(sealed: object) -> Mapping[str, Any]:
 
 
 def _wrap(ring: KeyRing, dek: bytes, aad: bytes) -> dict[str, Any]:
-    key_nonce = secrets.token_bytes(NONCE_SIZE)
-    wrapped = AESGCM(ring._key(ring.current_kid)).encrypt(key_nonce, dek, _DEK_AAD_PREFIX + aad)
+    kek = ring._key(ring.current_kid)
+    if not isinstance(kek, bytes):
+        # The backend adds the DEK prefix itself (records it wraps open with the same key in software).
+        key_nonce, wrapped = kek.wrap(dek, aad)
+    else:
+        key_nonce = secrets.token_bytes(NONCE_SIZE)
+        wrapped = AESGCM(kek).encrypt(key_nonce, dek, _DEK_AAD_PREFIX + aad)
     return {"kid": ring.current_kid, "wrapped_key": _b64(wrapped), "key_nonce": _b64(key_nonce)}
 
 
@@ -273,6 +288,15 @@ def _unwrap(ring: KeyRing, sealed: Mapping[str, Any], aad: bytes) -> bytes:
     kek = ring._key(sealed["kid"])
     wrapped = _unb64(sealed["wrapped_key"], "wrapped_key", KEY_SIZE + TAG_SIZE)
     key_nonce = _unb64(sealed["key_nonce"], "key_nonce", NONCE_SIZE)
+    if not isinstance(kek, bytes):
+        from shared.custody.errors import CustodyError
+
+        try:
+            return bytes(kek.unwrap(key_nonce, wrapped, aad))
+        except CustodyError:
+            raise SealingError(
+                "wrapped_key", f"does not unwrap under KEK {sealed['kid']!r} for this aad"
+            ) from None
     try:
         return AESGCM(kek).decrypt(key_nonce, wrapped, _DEK_AAD_PREFIX + aad)
     except InvalidTag:

@@ -81,10 +81,11 @@ async def replay(js: Any, settings: Settings, request_id: str, current: bool = F
     if platform is None:
         raise ReplayError(f"TEE {record.tee!r} is not supported by this build")
     if current:
-        mirror = TrustMirror(js, (buckets.POLICIES, buckets.REFVALS, buckets.REVOCATIONS), check_every_s=0)
+        readable = (buckets.POLICIES, buckets.REFVALS, buckets.REVOCATIONS, buckets.TENANTS)
+        mirror = TrustMirror(js, readable, check_every_s=0)
         await mirror.start()
         try:
-            snapshot = mirror.snapshot()
+            snapshot = mirror.snapshot(record.tenant)
         finally:
             await mirror.stop()
         try:
@@ -94,7 +95,7 @@ async def replay(js: Any, settings: Settings, request_id: str, current: bool = F
         at = time.time()
     else:
         try:
-            snapshot = await snapshot_at(js, record.provenance.bucket_revisions)
+            snapshot = await snapshot_at(js, record.provenance.bucket_revisions, record.tenant)
         except HistoryIncomplete as exc:
             raise ReplayError(str(exc)) from None
         policy = _policy_then(snapshot, record)

@@ -55,11 +55,12 @@ def audit_record(decision: schemas.Decision, stream_seq: int) -> schemas.AuditRe
         bucket_revisions=dict(provenance.bucket_revisions) if provenance else {},
         revocations=list(provenance.revocations) if provenance else [],
         verifier=provenance.verifier if provenance else "",
+        tenant=decision.meta.tenant,
     )
 
 
 def admin_record(event: schemas.AdminEvent) -> dict[str, Any]:
-    return {
+    record = {
         "actor": event.actor,
         "action": event.action,
         "collection": event.bucket,
@@ -69,6 +70,9 @@ def admin_record(event: schemas.AdminEvent) -> dict[str, Any]:
         "at": event.at,
         "summary": event.summary,
     }
+    if event.meta.tenant != "default":  # as decisions' records: the default tenant's name is implied
+        record["tenant"] = event.meta.tenant
+    return record
 
 
 def event_of(msg: Msg, auth: BusAuth | None) -> tuple[str, dict[str, Any]]:

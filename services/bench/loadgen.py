@@ -2,11 +2,13 @@
 
     python -m services.bench.loadgen --url URL --tee sample|snp|tdx|mix --seed S --cache-dir C
         --scenario reattest|boot-storm --first I0 --count N [--concurrency C | --rate R]
-        --warmup W --duration D [--verify-every K] [--secret HEX]
+        --warmup W --duration D [--verify-every K] [--secret HEX[,HEX...]] [--tenants T1,T2,...]
 
 Guests on devices I0..I0+N-1 of the deterministic fleet (services/bench/fleet.py) attest over real
 HTTP: ``POST /kbs/v0/auth``, ``POST /kbs/v0/attest`` with evidence bound to the nonce, ``GET
-/kbs/v0/resource/default/key/demo``. ``reattest`` first attests every device once (unmeasured, so
+/kbs/v0/resource/default/key/demo``. With ``--tenants``, guests are dealt round-robin (by device
+index) to the named tenants and use that tenant's ``/t/<tenant>/kbs/v0/...`` paths, each checking
+the secret of its own tenant (``--secret`` then lists one per tenant, in the same order). ``reattest`` first attests every device once (unmeasured, so
 the server holds their endorsements) and then cycles through them; ``boot-storm`` gives every
 attestation a device never seen before and stops when the range is used up.
 
@@ -40,6 +42,7 @@ import msgspec
 
 from services.bench import fleet
 from services.bench.kbs_http import BadResponse, HttpPool, HttpSession, Response
+from shared import tenants
 from shared.ear import CPU_SUBMOD, K_STATUS, K_VECTOR, submod_status
 from shared.errors import ParseError, VerificationError
 from shared.jwe import unwrap_secret
@@ -53,6 +56,22 @@ MAX_IN_FLIGHT = 20000  # open loop: arrivals beyond this are counted as client:o
 PROGRESS_EVERY_S = 0.5
 GRACE_S = 10.0  # how long flows started in the window may take to finish after it
 PHASES = ("auth", "attest", "resource")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPaths:
+    """Where a guest of one tenant talks to: the unprefixed paths for the default tenant."""
+
+    name: str
+    auth: bytes
+    attest: bytes
+    resource: bytes
+    secret: bytes | None
+
+    @classmethod
+    def of(cls, name: str, secret: bytes | None) -> TenantPaths:
+        prefix = b"" if name == tenants.DEFAULT else f"{tenants.PATH_PREFIX}{name}".encode()
+        return cls(name, prefix + AUTH_PATH, prefix + ATTEST_PATH, prefix + RESOURCE_PATH, secret)
 
 
 def log(message: str) -> None:
@@ -147,6 +166,8 @@ class Tally:
     latency: LogHistogram = field(default_factory=LogHistogram)
     phases: dict[str, LogHistogram] = field(default_factory=lambda: {p: LogHistogram() for p in PHASES})
     secrets_verified: int = 0
+    per_tenant: Counter[str] = field(default_factory=Counter)  # completed, by tenant
+    per_tenant_errors: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -175,11 +196,17 @@ class LoadGen:
         cycle: bool,
         secret: bytes | None,
         verify_every: int,
+        tenant_paths: list[TenantPaths] | None = None,
+        first: int = 0,
     ) -> None:
         self.pool = pool
         self.guests = guests
         self._next: Iterator[fleet.Guest] = itertools.cycle(guests) if cycle else iter(guests)
-        self.secret = secret
+        # Round-robin by device position: guest k of this client belongs to tenant (first + k) % N.
+        spread = tenant_paths or [TenantPaths.of(tenants.DEFAULT, secret)]
+        self.tenant_of: dict[int, TenantPaths] = {
+            id(guest): spread[(first + k) % len(spread)] for k, guest in enumerate(guests)
+        }
         self.verify_every = max(1, verify_every)
         self.tally = Tally()
         self.exhausted = False
@@ -201,13 +228,15 @@ class LoadGen:
         """One attestation; ``started`` is its (scheduled) start. Returns the error reason or None."""
         self.in_flight += 1
         tally = self.tally
+        where = self.tenant_of[id(guest)]
         if measured:
             tally.started += 1
         try:
-            reason = await self._attest(guest, measured)
+            reason = await self._attest(guest, where, measured)
         except asyncio.CancelledError:
             if measured:
                 tally.errors["timeout:unfinished"] += 1
+                tally.per_tenant_errors[where.name] += 1
             raise
         except (OSError, TimeoutError, BadResponse) as exc:
             reason = f"http:{type(exc).__name__}"
@@ -223,19 +252,21 @@ class LoadGen:
             self.interval.record(latency_ms)
             if measured:
                 tally.completed += 1
+                tally.per_tenant[where.name] += 1
                 tally.latency.record(latency_ms)
         else:
             self.failed += 1
             if measured:
                 tally.errors[reason] += 1
+                tally.per_tenant_errors[where.name] += 1
         return reason
 
-    async def _attest(self, guest: fleet.Guest, measured: bool) -> str | None:
+    async def _attest(self, guest: fleet.Guest, where: TenantPaths, measured: bool) -> str | None:
         phases = self.tally.phases
         http: HttpSession
         async with self.pool.session() as http:
             t0 = time.perf_counter()
-            response = await http.request(b"POST", AUTH_PATH, guest.auth_body)
+            response = await http.request(b"POST", where.auth, guest.auth_body)
             t1 = time.perf_counter()
             if measured:
                 phases["auth"].record((t1 - t0) * 1000.0)
@@ -249,7 +280,7 @@ class LoadGen:
                 return "auth:200:bad_body"
             body = guest.attest_body(nonce)
             t2 = time.perf_counter()
-            response = await http.request(b"POST", ATTEST_PATH, body)
+            response = await http.request(b"POST", where.attest, body)
             t3 = time.perf_counter()
             if measured:
                 phases["attest"].record((t3 - t2) * 1000.0)
@@ -262,27 +293,29 @@ class LoadGen:
             if status != "affirming":
                 return f"ear:{status}"
             t4 = time.perf_counter()
-            response = await http.request(b"GET", RESOURCE_PATH)
+            response = await http.request(b"GET", where.resource)
             if measured:
                 phases["resource"].record((time.perf_counter() - t4) * 1000.0)
         if response.status != 200:
             return error_reason("resource", response)
-        return self._check_secret(guest, response.body, measured)
+        return self._check_secret(guest, where.secret, response.body, measured)
 
-    def _check_secret(self, guest: fleet.Guest, body: bytes, measured: bool) -> str | None:
+    def _check_secret(
+        self, guest: fleet.Guest, secret: bytes | None, body: bytes, measured: bool
+    ) -> str | None:
         try:
             jwe = _jwe.decode(body)
         except msgspec.DecodeError:
             return "resource:200:not_jwe"
         self._released += 1
-        if self.secret is None or self._released % self.verify_every:
+        if secret is None or self._released % self.verify_every:
             return None
         members = {name: getattr(jwe, name) for name in _Jwe.__struct_fields__}
         try:
             plain = unwrap_secret(members, guest.tee_key)
         except (ParseError, VerificationError):
             return "secret:undecryptable"
-        if plain != self.secret:
+        if plain != secret:
             return "secret:mismatch"
         if measured:
             self.tally.secrets_verified += 1
@@ -445,9 +478,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     open_loop = args.rate is not None
     connections = args.connections or (1024 if open_loop else args.concurrency)
     pool = HttpPool.from_url(args.url, max_connections=connections, timeout=args.request_timeout)
-    secret = bytes.fromhex(args.secret) if args.secret else None
+    secrets = [bytes.fromhex(part) for part in args.secret.split(",")] if args.secret else []
+    secret = secrets[0] if secrets else None
     reattest = args.scenario == "reattest"
-    gen = LoadGen(pool, guests, cycle=reattest, secret=secret, verify_every=args.verify_every)
+    names = args.tenants.split(",") if args.tenants else [tenants.DEFAULT]
+    spread = [
+        TenantPaths.of(name, secrets[i] if len(secrets) > 1 else secret) for i, name in enumerate(names)
+    ]
+    gen = LoadGen(
+        pool, guests, cycle=reattest, secret=secret, verify_every=args.verify_every, tenant_paths=spread,
+        first=args.first,
+    )  # fmt: skip
     ready: dict[str, Any] = {"event": "ready", "devices": len(guests), "setup_s": 0.0}
     if reattest:
         primed_at = time.monotonic()
@@ -491,6 +532,8 @@ def result(gen: LoadGen, window: Window, cpu_s: float) -> dict[str, Any]:
         "secrets_verified": tally.secrets_verified,
         "cpu_s": round(cpu_s, 6),
         "connections_opened": gen.pool.opened,
+        "per_tenant": dict(sorted(tally.per_tenant.items())),
+        "per_tenant_errors": dict(sorted(tally.per_tenant_errors.items())),
     }
 
 
@@ -514,7 +557,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=0.0)
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--verify-every", type=int, default=10, help="decrypt every K-th released secret")
-    parser.add_argument("--secret", default="", help="hex of the resource's expected plaintext")
+    parser.add_argument(
+        "--secret",
+        default="",
+        help="hex of the resource's expected plaintext (with --tenants: one per tenant, by commas)",
+    )
+    parser.add_argument(
+        "--tenants",
+        default="",
+        help="tenants to spread the guests over round-robin, by commas (default: the default tenant)",
+    )
     parser.add_argument(
         "--connections", type=int, default=0, help="max connections (default: concurrency; open loop 1024)"
     )
@@ -529,6 +581,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("need --count >= 1, --first >= 0, --concurrency >= 1 and non-negative times")
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be positive")
+    names = args.tenants.split(",") if args.tenants else []
+    if not all(tenants.is_name(name) for name in names) or len(set(names)) != len(names):
+        parser.error("--tenants: distinct tenant names, by commas")
+    n_secrets = len(args.secret.split(",")) if args.secret else 0
+    if n_secrets > 1 and n_secrets != len(names):
+        parser.error("--secret: one per tenant when several are given")
     return args
 
 

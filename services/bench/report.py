@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.metrics import LogHistogram
@@ -61,6 +61,8 @@ class ClientTotals:
     secrets_verified: int
     fleet_exhausted: bool
     cpu_s: float
+    per_tenant: dict[str, int] = field(default_factory=dict)  # completed, by tenant
+    per_tenant_errors: dict[str, int] = field(default_factory=dict)
 
     @property
     def errors(self) -> int:
@@ -85,6 +87,9 @@ def merge_client_results(results: Iterable[Mapping[str, Any]]) -> ClientTotals:
         totals.secrets_verified += int(result.get("secrets_verified", 0))
         totals.fleet_exhausted = totals.fleet_exhausted or bool(result.get("fleet_exhausted"))
         totals.cpu_s += float(result.get("cpu_s", 0.0))
+        for into, key in ((totals.per_tenant, "per_tenant"), (totals.per_tenant_errors, "per_tenant_errors")):
+            for tenant, n in result.get(key, {}).items():
+                into[tenant] = into.get(tenant, 0) + int(n)
     totals.errors_by_reason = dict(sorted(totals.errors_by_reason.items(), key=lambda kv: -kv[1]))
     return totals
 
@@ -127,6 +132,11 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"{report['clients']} client process(es), layout={report['layout']}, {report['cores']} cores",
         f"  measured {report['measured_s']:.1f} s after {report['warmup_s']:g} s warm-up: "
         f"{report['completed']} attestations, {report['errors']} errors",
+        *(
+            [f"  {report['tenants']} tenants, completed: " + ", ".join(f"{t} {n}" for t, n in report["per_tenant"].items())]
+            if report.get("tenants", 1) > 1
+            else []
+        ),
         "",
         f"  {'attestations/s':<34}{report['attestations_per_s']:>10}",
         f"  {'latency p50 / p95 / p99 (ms)':<34}{report['p50_ms']:>10} / {report['p95_ms']} / {report['p99_ms']}",

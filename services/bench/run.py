@@ -38,6 +38,7 @@ from shared.connections import connect_nats, identity_of, open_store
 from shared.embedded import ManagedServer, free_port, nats_server, redis_server
 from shared.metrics import LogHistogram
 from shared.stats import COLLECT_SUBJECT, RESET_SUBJECT
+from shared.tenants import DEFAULT as DEFAULT_TENANT
 from shared.trust.operator import operator_trust
 
 RESOURCE = "default/key/demo"
@@ -63,7 +64,14 @@ class BenchConfig:
     cache_dir: Path = simulated_fleet.DEFAULT_CACHE_DIR
     verify_every: int = 10
     crypto_threads: int | None = None
+    tenants: int = 1  # > 1: tenants bench-1..bench-N (the default tenant left out), guests round-robin
     progress: Callable[[str], None] | None = None
+
+    @property
+    def tenant_names(self) -> tuple[str, ...]:
+        if self.tenants <= 1:
+            return (DEFAULT_TENANT,)
+        return tuple(f"bench-{index}" for index in range(1, self.tenants + 1))
 
     @property
     def tees(self) -> tuple[str, ...]:
@@ -231,15 +239,22 @@ def _settings_with_vendor(settings: Settings, env: dict[str, str]) -> Settings:
     return replace(settings, **changes)
 
 
-async def _provision(settings: Settings, tees: tuple[str, ...]) -> bytes:
-    """The fleet's measurement per TEE and the bench secret (enabled for the sample TEE too), in
-    the trust buckets before any service starts."""
-    secret = os.urandom(32)
+async def _provision(settings: Settings, tees: tuple[str, ...], names: tuple[str, ...] = (DEFAULT_TENANT,)) -> list[bytes]:
+    """In each tenant (created first unless it is the default one): the fleet's measurement per
+    TEE and a bench secret of its own (enabled for the sample TEE too), in the trust buckets before
+    any service starts. Returns the secrets, in the order of ``names``."""
+    secrets = []
     async with operator_trust(settings) as admin:
-        for tee in tees:
-            await admin.put_reference_value(tee, REFERENCE_NAME[tee], [simulated_fleet.MEASUREMENT.hex()], "remits bench")
-        await admin.put_resource(RESOURCE, secret, "remits bench", {"tees": list(tees), "allow_sample": True})
-    return secret
+        for name in names:
+            if name != DEFAULT_TENANT:
+                await admin.put_tenant(name, "remits bench")
+            view = admin.for_tenant(name)
+            secret = os.urandom(32)
+            for tee in tees:
+                await view.put_reference_value(tee, REFERENCE_NAME[tee], [simulated_fleet.MEASUREMENT.hex()], "remits bench")
+            await view.put_resource(RESOURCE, secret, "remits bench", {"tees": list(tees), "allow_sample": True})
+            secrets.append(secret)
+    return secrets
 
 
 async def _start_servers(run: Run, settings: Settings, port: int) -> int:
@@ -261,13 +276,17 @@ async def _start_servers(run: Run, settings: Settings, port: int) -> int:
     return len(run.servers)
 
 
-def _client_argv(cfg: BenchConfig, url: str, first: int, count: int, secret: bytes, duration_s: float) -> list[str]:
+def _client_argv(
+    cfg: BenchConfig, url: str, first: int, count: int, secrets: list[bytes], duration_s: float
+) -> list[str]:
     argv = [
         "--url", url, "--tee", cfg.tee, "--seed", cfg.seed, "--cache-dir", str(cfg.cache_dir),
         "--scenario", cfg.scenario, "--first", str(first), "--count", str(count),
         "--warmup", str(cfg.warmup_s), "--duration", str(duration_s),
-        "--verify-every", str(cfg.verify_every), "--secret", secret.hex(),
-    ]
+        "--verify-every", str(cfg.verify_every), "--secret", ",".join(secret.hex() for secret in secrets),
+    ]  # fmt: skip
+    if cfg.tenant_names != (DEFAULT_TENANT,):
+        argv += ["--tenants", ",".join(cfg.tenant_names)]
     per_client = max(1, cfg.concurrency // cfg.clients)
     if cfg.rate is not None:
         argv += ["--rate", str(cfg.rate / cfg.clients), "--concurrency", str(per_client)]
@@ -357,14 +376,14 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 run.nc, run.js = await connect_nats(settings, operator, "remits-bench")
                 await ensure_topology(run.js, settings)
                 run.store = open_store(settings, operator)
-                secret = await _provision(settings, cfg.tees)
+                secrets = await _provision(settings, cfg.tees, cfg.tenant_names)
                 if cfg.crypto_threads is not None:
                     settings = replace(settings, crypto_threads=cfg.crypto_threads)
                 n_servers = await _start_servers(run, settings, port)
                 say(f"{n_servers} REMITS processes ({cfg.layout}); starting {cfg.clients} client(s)")
                 url = f"http://127.0.0.1:{port}"
                 for index, (first, count) in enumerate(_split(cfg.fleet_size(), cfg.clients)):
-                    argv = _client_argv(cfg, url, first, count, secret, cfg.duration_s)
+                    argv = _client_argv(cfg, url, first, count, secrets, cfg.duration_s)
                     proc = await _spawn_python("services.bench.loadgen", argv, run.workdir / f"client-{index}.log")
                     clients.append(proc)
                     run.track(proc.pid, "client")
@@ -444,6 +463,8 @@ def build_report(
 ) -> dict[str, Any]:
     totals = report.merge_client_results(results)
     completed = totals.completed
+    per_tenant = {name: totals.per_tenant.get(name, 0) for name in cfg.tenant_names}
+    per_tenant_errors = {name: totals.per_tenant_errors.get(name, 0) for name in cfg.tenant_names}
     cpu = report.cpu_ms_per_attestation(before.cpu, after.cpu, completed)
     bus = {stream: after.stream_seqs[stream] - before.stream_seqs[stream] for stream in before.stream_seqs}
     bound = report.crypto_bound_per_s(cores, floor.us)
@@ -495,4 +516,7 @@ def build_report(
         "crypto_floor_ops": {"us_each": floor.operations_us, "per_attestation": floor.per_attestation},
         "crypto_bound_per_s": bound,
         "efficiency": report.efficiency(rate, bound),
+        "tenants": len(cfg.tenant_names),
+        "per_tenant": per_tenant,
+        "per_tenant_errors": per_tenant_errors,
     }

@@ -24,7 +24,7 @@ from shared.config import Settings
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
-def add_admin_client_flags(parser: argparse.ArgumentParser) -> None:
+def add_admin_client_flags(parser: argparse.ArgumentParser, *, tenant_flag: bool = True) -> None:
     parser.add_argument("--url", default=None, help=f"REMITS gateway (default: $REMITS_URL or {DEFAULT_URL})")
     parser.add_argument(
         "--key", default=None, help="admin private key (PEM) signing the request (default: $REMITS_ADMIN_KEY)"
@@ -35,7 +35,28 @@ def add_admin_client_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--local", action="store_true", help="change the store directly as the operator, not over HTTP"
     )
+    if tenant_flag:
+        _add_tenant_flag(parser)
     add_local_flags(parser)
+
+
+def _add_tenant_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tenant",
+        default=None,
+        help="the tenant whose policies, reference values, resources, revocations and keys to act on "
+        "(default: $REMITS_TENANT or 'default'); over HTTP the request goes to /t/<tenant>/admin/v1/...",
+    )
+
+
+def tenant_of(args: argparse.Namespace) -> str:
+    from shared import tenants
+
+    name = getattr(args, "tenant", None) or os.environ.get("REMITS_TENANT") or tenants.DEFAULT
+    try:
+        return tenants.check_name(name, "--tenant")
+    except tenants.BadTenant as exc:
+        raise SystemExit(f"remits: {exc}") from None
 
 
 def add_local_flags(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +85,7 @@ class _Http:
     key_pem: bytes
     subject: str
     session: Any
+    tenant: str = "default"
 
     async def __call__(
         self, method: str, path: str, body: bytes = b"", query: dict[str, str] | None = None
@@ -71,7 +93,10 @@ class _Http:
         from shared.adminauth import sign_admin_token
 
         token = sign_admin_token(self.key_pem, self.subject, now=time.time(), lifetime_s=120)
-        target = f"{self.url.rstrip('/')}/admin/v1/{path.lstrip('/')}"
+        from shared import tenants
+
+        scope = "" if self.tenant == tenants.DEFAULT else f"/t/{self.tenant}"
+        target = f"{self.url.rstrip('/')}{scope}/admin/v1/{path.lstrip('/')}"
         async with self.session.request(
             method, target, data=body, params=query or {}, headers={"Authorization": f"Bearer {token}"}
         ) as response:
@@ -107,7 +132,7 @@ async def admin_session(args: argparse.Namespace) -> AsyncIterator[AdminCall]:
     url = args.url or os.environ.get("REMITS_URL", DEFAULT_URL)
     key_pem = await asyncio.to_thread(Path(key_path).read_bytes)
     async with aiohttp.ClientSession() as session:
-        yield _Http(url, key_pem, operator_name(args), session)
+        yield _Http(url, key_pem, operator_name(args), session, tenant_of(args))
 
 
 def local_settings(args: argparse.Namespace) -> Settings:
@@ -208,11 +233,12 @@ async def local_admin(args: argparse.Namespace) -> AsyncIterator[AdminCall]:
         admin = TrustAdmin(js, publisher, keyring=(lambda: keyring) if keyring else None)
         api = AdminApi(admin, mirror.snapshot, [], [*_provisioner_keys(settings)], clock=time.time)
         actor = f"{operator_name(args)} (local)"
+        tenant = tenant_of(args)
 
         async def call(
             method: str, path: str, body: bytes = b"", query: dict[str, str] | None = None
         ) -> tuple[int, Any]:
-            reply = await api.handle_as(actor, method, path, body, query or {})
+            reply = await api.handle_as(actor, method, path, body, query or {}, tenant=tenant)
             return reply.status, reply.body
 
         try:

@@ -38,6 +38,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_local_flags(verify)
     verify.set_defaults(run=lambda args: asyncio.run(cmd_audit_verify(args)))
 
+    feed = audit_sub.add_parser(
+        "feed", help="a tenant's audit events, as its team's reader: the history it missed, then live (JSON lines)"
+    )
+    feed.add_argument("tenant")
+    feed.add_argument("--nats", required=True, help="NATS URL")
+    feed.add_argument("--seed", required=True, type=Path, help="the reader's nkey seed (remits creds --tenant-audit)")
+    feed.add_argument(
+        "--idle-exit", type=float, default=0.0, metavar="S",
+        help="exit once caught up and nothing came for S seconds (default: follow until interrupted)",
+    )  # fmt: skip
+    feed.set_defaults(run=lambda args: asyncio.run(cmd_audit_feed(args)))
+
     replay = audit_sub.add_parser("replay", help="run a past appraisal again and compare")
     replay.add_argument("request_id")
     replay.add_argument("--current", action="store_true", help="against today's policy and reference values")
@@ -115,3 +127,63 @@ async def cmd_audit_replay(args: argparse.Namespace) -> int:
             return 2
     print(json.dumps(report, indent=2, sort_keys=True))
     return 0 if report["result"] == "same" else 1
+
+
+def feed_lines(tenant: str, subject: str, reply: str, data: bytes, last_seq: int) -> tuple[list[dict[str, Any]], int]:
+    """What one feed message prints (a "missed" line first when deliveries were lost, then the
+    event), and the consumer sequence reached."""
+    import base64
+
+    from shared.tenant_feeds import delivery
+
+    at = delivery(reply, tenant)
+    if at is None:  # not a delivery of this feed: nothing to place it by
+        return [{"ignored": subject}], last_seq
+    out: list[dict[str, Any]] = []
+    if at.consumer_seq > last_seq + 1:
+        out.append({"missed": at.consumer_seq - last_seq - 1, "after_consumer_seq": last_seq})
+    try:
+        event: Any = json.loads(data)
+    except ValueError:
+        event = {"base64": base64.b64encode(data).decode()}
+    out.append({"subject": subject, "stream_seq": at.stream_seq, "consumer_seq": at.consumer_seq, "event": event})
+    return out, max(last_seq, at.consumer_seq)
+
+
+async def cmd_audit_feed(args: argparse.Namespace) -> int:
+    import nats
+
+    from shared import credentials, tenant_feeds, tenants
+
+    try:
+        tenant = tenants.check_name(args.tenant)
+    except tenants.BadTenant as error:
+        print(f"remits audit feed: {error}", file=sys.stderr)
+        return 2
+    user = credentials.tenant_audit_user(tenant)
+    nc = await nats.connect(
+        args.nats, nkeys_seed=str(args.seed), inbox_prefix=credentials.inbox_prefix(user),
+        name=f"remits-audit-feed-{tenant}", max_reconnect_attempts=-1,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    state = {"last": 0, "pending": 0, "at": asyncio.get_running_loop().time()}
+
+    async def on_message(msg: Any) -> None:
+        lines, state["last"] = feed_lines(tenant, msg.subject, msg.reply or "", msg.data, state["last"])
+        at = tenant_feeds.delivery(msg.reply or "", tenant)
+        state["pending"] = at.pending if at is not None else state["pending"]
+        state["at"] = asyncio.get_running_loop().time()
+        for line in lines:
+            print(json.dumps(line, sort_keys=True), flush=True)
+
+    await nc.subscribe(tenant_feeds.subject(tenant), cb=on_message)
+    try:
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+            idle = asyncio.get_running_loop().time() - state["at"]
+            if args.idle_exit > 0 and state["pending"] == 0 and idle >= args.idle_exit:
+                break
+    finally:
+        await nc.close()
+    return 0

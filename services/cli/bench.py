@@ -56,6 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench.add_argument(
         "--cache-dir", type=Path, default=None, help="simulated vendors and their certificates (default ~/.cache/remits/bench)"
     )
+    bench.add_argument(
+        "--tenants", type=int, default=1,
+        help="N > 1: create tenants bench-1..bench-N (the default tenant left out), provision each alike "
+        "and spread the guests round-robin over them, each on its /t/<tenant>/kbs/v0 paths (default 1: the default tenant)",
+    )  # fmt: skip
     bench.add_argument("--verify-every", type=int, default=10, help="clients decrypt every K-th released secret")
     bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
     bench.add_argument("--out", type=Path, help="also write the JSON report to this file")
@@ -77,6 +82,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.clients < 1 or args.duration <= 0 or args.warmup < 0 or (args.rate is not None and args.rate <= 0):
         print("remits bench: need --clients >= 1, --duration > 0, --warmup >= 0 and --rate > 0", file=sys.stderr)
+        return 2
+    if not 1 <= args.tenants <= 9999:
+        print("remits bench: need 1 <= --tenants <= 9999", file=sys.stderr)
         return 2
     live = sys.stderr.isatty()
 
@@ -100,6 +108,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir or DEFAULT_CACHE_DIR,
         verify_every=args.verify_every,
         crypto_threads=args.crypto_threads,
+        tenants=args.tenants,
         progress=show,
     )
     result = asyncio.run(run_bench(config))

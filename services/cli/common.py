@@ -171,6 +171,10 @@ def server_environment(settings: Settings) -> dict[str, str]:
         env["REMITS_SEV_ROOTS_DIR"] = str(settings.sev_roots_dir)
     if settings.dcap_root_ca_path is not None:
         env["REMITS_DCAP_ROOT_CA_PATH"] = str(settings.dcap_root_ca_path)
+    if settings.cca_ta_url:
+        env["REMITS_CCA_TA_URL"] = settings.cca_ta_url
+    if settings.se_dir is not None:
+        env["REMITS_SE_DIR"] = str(settings.se_dir)
     if settings.gcp_ak_roots_path is not None:
         env["REMITS_GCP_AK_ROOTS_PATH"] = str(settings.gcp_ak_roots_path)
     return env

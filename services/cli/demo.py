@@ -32,9 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     demo.add_argument("--fleet", type=int, default=50)
     demo.add_argument("--bad", type=int, default=5)
     demo.add_argument(
-        "--tee", default="sample", choices=["sample", "snp", "tdx", "tpm", "az-snp-vtpm", "gcp-vtpm", "sev"]
+        "--tee", default="sample", choices=["sample", "snp", "tdx", "tpm", "az-snp-vtpm", "gcp-vtpm", "sev", "cca", "se"]
     )
     demo.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    demo.add_argument(
+        "--cluster", type=int, default=0, metavar="N",
+        help="a confidential cluster of N nodes joining over attested TLS instead of a fleet (--tee sample|snp|tdx; --bad K)",
+    )  # fmt: skip
     demo.add_argument("--concurrency", type=int, default=100)
     demo.add_argument("--processes", type=int, default=1, help="server processes (0: in this process)")
     demo.add_argument(
@@ -74,6 +78,18 @@ async def simulated_vendor(args: argparse.Namespace, settings: Settings):  # typ
         (generation / "ark.cert").write_bytes(sev.ark)
         (generation / "ask.cert").write_bytes(sev.ask)
         return SevFleet(sev), _NoVendor(), {"sev_roots_dir": roots}
+    if args.tee == "cca":
+        from services.demo.cca_fleet import CcaFleet, LocalCcaTaServer
+
+        ta = LocalCcaTaServer()
+        await ta.start()
+        return CcaFleet(ta), ta, {"cca_ta_url": ta.base_url}
+    if args.tee == "se":
+        from services.demo.se_fleet import SeFleet, write_se_dir
+
+        se_fleet = await asyncio.to_thread(SeFleet.generate)
+        se_dir = write_se_dir(settings.data_dir / "se", [se_fleet.host])
+        return se_fleet, _NoVendor(), {"se_dir": se_dir}
     if args.tee == "gcp-vtpm":
         from services.demo.fleet import GcpFleet
         from services.demo.gcp_sim import SimulatedGoogleCa
@@ -150,6 +166,10 @@ async def fleet_target(args: argparse.Namespace, workdir: Path):  # type: ignore
 async def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo.fleet import run_fleet
 
+    if args.cluster:
+        from services.cli.demo_cluster import cmd_cluster_demo
+
+        return await cmd_cluster_demo(args)
     if args.fleet < 1 or not 0 <= args.bad <= args.fleet:
         print("remits demo: need --fleet >= 1 and 0 <= --bad <= --fleet", file=sys.stderr)
         return 2

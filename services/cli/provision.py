@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.cli.admin_client import add_admin_client_flags, add_local_flags, admin_session, print_reply
+from services.cli.refval_se import register as register_se_header
 from services.cli.refval_sev import register as register_sev_measure
 
 
@@ -101,6 +102,7 @@ def _register_refval(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     add_admin_client_flags(measure)
     measure.set_defaults(run=lambda args: asyncio.run(cmd_snp_measure(args)))
     register_sev_measure(actions)
+    register_se_header(actions)
 
 
 def _register_resource(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -112,6 +114,14 @@ def _register_resource(sub: argparse._SubParsersAction) -> None:  # type: ignore
     put.add_argument("--tee", action="append", default=[], help="only tokens from this TEE (repeatable)")
     put.add_argument("--measurement", action="append", default=[], help="only this measurement (repeatable)")
     put.add_argument("--allow-sample", action="store_true", help="also the sample TEE (tests and demos only)")
+    put.add_argument(
+        "--init-data", action="append", default=[], metavar="HEX",
+        help="only a workload launched with init-data of this digest (its identity; repeatable)",
+    )  # fmt: skip
+    put.add_argument(
+        "--bind-tenant", action="append", default=[], metavar="TENANT",
+        help="only tokens of this tenant (repeatable; a resource is only ever its own tenant's)",
+    )  # fmt: skip
     add_admin_client_flags(put)
     put.set_defaults(run=lambda args: asyncio.run(cmd_resource_put(args)))
     for name, help_text in (
@@ -221,6 +231,10 @@ async def cmd_resource_put(args: argparse.Namespace) -> int:
         binding["measurements"] = args.measurement
     if args.allow_sample:
         binding["allow_sample"] = True
+    if args.init_data:
+        binding["init_data"] = args.init_data
+    if args.bind_tenant:
+        binding["tenants"] = args.bind_tenant
     body = json.dumps({"value": base64.b64encode(secret).decode(), "binding": binding}).encode()
     async with admin_session(args) as call:
         return print_reply(*await call("PUT", f"resources/{args.path}", body))
@@ -259,7 +273,7 @@ async def cmd_kek_rotate(args: argparse.Namespace) -> int:
     from services.cli.admin_client import operator_name, operator_nats
     from shared import credentials
     from shared.bus import JetStreamPublisher
-    from shared.connections import identity_of
+    from shared.connections import identity_of, with_custody
     from shared.sealing import KeyRing, rotate
     from shared.trust.admin import TrustAdmin
 
@@ -272,8 +286,13 @@ async def cmd_kek_rotate(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        ring = rotate(KeyRing.load_or_create(path))
-        ring.save(path)
+        if settings.pkcs11_module and settings.pkcs11_kek:
+            # The HSM-held KEK is current: every record is rewrapped under it, and the file keys
+            # stay only for what is still wrapped under them (with --keep-old).
+            ring = with_custody(settings, KeyRing.load_or_create(path))
+        else:
+            ring = rotate(KeyRing.load_or_create(path))
+            ring.save(path)
         publisher = JetStreamPublisher(nc, auth=identity.auth)
         await publisher.start()
         try:
@@ -281,7 +300,7 @@ async def cmd_kek_rotate(args: argparse.Namespace) -> int:
             count = await admin.rewrap_resources(f"{operator_name(args)} (local)")
         finally:
             await publisher.stop()
-        if not args.keep_old:
+        if not args.keep_old and not (settings.pkcs11_module and settings.pkcs11_kek):
             for kid in [k for k in ring.kids if k != ring.current_kid]:
                 ring = ring.retire(kid)
             ring.save(path)

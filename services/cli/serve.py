@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     up.set_defaults(run=lambda args: asyncio.run(cmd_up(args)))
 
     worker = sub.add_parser("worker", help="run one component; several replicas may run at once")
-    worker.add_argument("stage", choices=COMPONENTS)
+    worker.add_argument("stage", choices=(*COMPONENTS, "join"))
     add_connection_flags(worker)
     add_admin_key_flags(worker)
     worker.add_argument("--http", type=host_port, default=None, help="gateway HOST:PORT")
@@ -92,6 +92,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     setup = sub.add_parser("setup", help="create or update the JetStream streams and consumers")
     setup.add_argument("--nats", help="NATS URL")
+    setup.add_argument(
+        "--tenant-audit", action="append", default=[], metavar="TENANT",
+        help="also create TENANT's audit feed (its history, for the reader `remits creds --tenant-audit` made); "
+        "readers found in the credentials directory get theirs anyway; repeatable",
+    )  # fmt: skip
+    setup.add_argument(
+        "--drop-tenant-audit", action="append", default=[], metavar="TENANT",
+        help="delete TENANT's audit feed (after its reader was removed); repeatable",
+    )  # fmt: skip
     add_identity_flags(setup)
     setup.set_defaults(run=lambda args: asyncio.run(cmd_setup(args)))
 
@@ -139,6 +148,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
             _, kds = await start_local_kds(settings)
             settings = settings_from_args(args, **extra, sample_kds_url=kds.base_url)
         components = tuple(c for c in COMPONENTS if not (args.without_audit and c == "audit"))
+        if settings.join_clusters_path is not None:
+            components = (*components, "join")  # clusters configured: run their join service too
         stack = Stack(settings, components=components)
         try:
             await stack.start()
@@ -202,15 +213,32 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 
 
 async def cmd_setup(args: argparse.Namespace) -> int:
+    from shared import tenant_feeds, tenants
     from shared.bus import ensure_topology
     from shared.trust.mirror import ensure_buckets
 
+    try:  # every name checked before anything is created
+        # ...and those of REMITS_TENANT_AUDIT_FEEDS (comma-separated; the Kubernetes setup Job's).
+        listed = [t.strip() for t in os.environ.get("REMITS_TENANT_AUDIT_FEEDS", "").split(",") if t.strip()]
+        feeds = [tenants.check_name(t, "--tenant-audit") for t in args.tenant_audit]
+        feeds += [tenants.check_name(t, "REMITS_TENANT_AUDIT_FEEDS") for t in listed]
+        dropped = [tenants.check_name(t, "--drop-tenant-audit") for t in args.drop_tenant_audit]
+    except tenants.BadTenant as error:
+        print(f"remits setup: {error}", file=sys.stderr)
+        return 2
     settings = settings_from_args(args)
     # Creating streams and consumers is the operator's right alone.
     nc, js = await connect_nats(settings, identity_of(settings, credentials.ADMIN), "remits-setup")
-    await ensure_topology(js, settings)
-    await ensure_buckets(js, settings.replicas)
-    await nc.drain()
+    try:
+        await ensure_topology(js, settings)
+        await ensure_buckets(js, settings.replicas)
+        for name in await tenant_feeds.ensure(js, feeds):
+            print(f"audit feed {name} ready")
+        for tenant in dropped:
+            gone = await tenant_feeds.drop(js, tenant)
+            print(f"audit feed {tenant_feeds.durable(tenant)} {'deleted' if gone else 'did not exist'}")
+    finally:
+        await nc.drain()
     print("streams, consumers and trust buckets ready")
     return 0
 

@@ -1,4 +1,4 @@
-"""`remits verify snp|tdx|sgx|tpm|az-snp-vtpm|az-tdx-vtpm|gcp-vtpm`: one piece of evidence, offline or against the vendor, outside the pipeline."""
+"""`remits verify snp|tdx|sgx|tpm|az-snp-vtpm|az-tdx-vtpm|gcp-vtpm|sev-chain|cca|se`: one piece of evidence, offline or against the vendor, outside the pipeline."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from services.cli.verify_dcap import add_verify_parsers
 
     add_verify_parsers(verify_sub)
-    from services.cli import verify_azure, verify_gcp, verify_sev, verify_tpm
+    from services.cli import verify_azure, verify_cca, verify_gcp, verify_se, verify_sev, verify_tpm
 
-    for module in (verify_tpm, verify_azure, verify_gcp, verify_sev):
+    for module in (verify_tpm, verify_azure, verify_gcp, verify_sev, verify_cca, verify_se):
         module.add_parsers(verify_sub)
     verify.set_defaults(run=run_verify)
 
@@ -32,9 +32,9 @@ def run_verify(args: argparse.Namespace) -> int:
         from services.cli.verify_dcap import main_verify_dcap
 
         return main_verify_dcap(args)
-    from services.cli import verify_azure, verify_gcp, verify_tpm
+    from services.cli import verify_azure, verify_cca, verify_gcp, verify_se, verify_tpm
 
-    for module in (verify_tpm, verify_azure, verify_gcp):
+    for module in (verify_tpm, verify_azure, verify_gcp, verify_cca, verify_se):
         if args.verify_tee in module.TEES:
             return int(module.main(args))
     from services.cli.verify_snp import main_verify

@@ -27,11 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from services.cli.verify_common import UsageError, usage_error
 from shared.errors import RemitsError, VerificationError
 from shared.platforms.azure.evidence import (
     TEE_SNP,
@@ -43,10 +43,6 @@ from shared.platforms.azure.platform import layer_claims, quote_extra_data, veri
 
 TEES = (TEE_SNP, "az-tdx-vtpm")
 LAYERS = ("vtpm", "binding", "hardware")
-
-
-class UsageError(Exception):
-    pass
 
 
 class LayerFailed(Exception):
@@ -247,8 +243,6 @@ def _print_human(tee: str, claims: dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from services.cli.verify_dcap import UsageError as DcapUsageError
-
     tee = args.verify_tee
     try:
         from services.cli.verify_dcap import load_root
@@ -272,9 +266,8 @@ def main(args: argparse.Namespace) -> int:
             root_der=load_root(Path(root)) if root else None,
             allow_missing_crls=bool(getattr(args, "allow_missing_crls", False)),
         )
-    except (UsageError, DcapUsageError) as exc:
-        print(json.dumps({"error": str(exc)}), file=sys.stderr)
-        return 2
+    except UsageError as exc:
+        return usage_error(exc)
     except LayerFailed as failed:
         index = LAYERS.index(failed.layer) if failed.layer in LAYERS else -1
         layers = {

@@ -36,7 +36,8 @@ from typing import Any, cast
 import aiohttp
 from cryptography.x509.oid import NameOID
 
-from shared.errors import EndorsementError, ParseError, RemitsError, VerificationError
+from services.cli.verify_common import UsageError, report
+from shared.errors import EndorsementError, ParseError, VerificationError
 from shared.fetch import MAX_BODY_BYTES, EndorsementFetcher
 from shared.platforms.tdx import checks, pcs, pinned_root_der
 from shared.platforms.tdx.abi import CertificationDataType, Quote, TdReport, parse_quote
@@ -53,10 +54,6 @@ _BACKOFF_S = 0.25
 _HEX_DIGITS = frozenset(string.hexdigits.encode())
 _URLSAFE = str.maketrans("-_", "+/")
 _MISSING_CRL_HINT = " (--allow-missing-crls verifies without revocation checks)"
-
-
-class UsageError(Exception):
-    pass
 
 
 # -- evidence ----------------------------------------------------------------------------------
@@ -424,9 +421,10 @@ def _print_human(result: Mapping[str, Any], tee: str) -> None:
 
 def main_verify_dcap(args: argparse.Namespace) -> int:
     tee = getattr(args, "dcap_tee", None) or getattr(args, "verify_tee", "tdx")
-    try:
-        eventlog = getattr(args, "eventlog", None)
-        result = verify_dcap(
+    eventlog = getattr(args, "eventlog", None)
+    return report(
+        args,
+        lambda: verify_dcap(
             tee,
             Path(args.quote),
             collateral_dir=Path(args.collateral) if args.collateral else None,
@@ -436,18 +434,9 @@ def main_verify_dcap(args: argparse.Namespace) -> int:
             root_der=load_root(Path(args.root) if args.root else None),
             allow_missing_crls=args.allow_missing_crls,
             timeout_s=args.timeout,
-        )
-    except UsageError as exc:
-        print(json.dumps({"error": str(exc)}), file=sys.stderr)
-        return 2
-    except RemitsError as err:
-        print(json.dumps({"verified": False, "check": err.reason, "detail": err.detail}))
-        return 1
-    if args.json:
-        print(json.dumps(result, default=str))
-    else:
-        _print_human(result, tee)
-    return 0
+        ),
+        lambda result: _print_human(result, tee),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

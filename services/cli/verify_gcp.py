@@ -11,22 +11,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.errors import RemitsError
+from services.cli.verify_common import UsageError, report
 from shared.platforms.gcp.attestation import parse_attestation
 from shared.platforms.gcp.platform import decode_evidence, load_roots_pem, verify_attestation
 from shared.platforms.tpm.verify import nest_pcr_claims
 
 TEES = ("gcp-vtpm",)
-
-
-class UsageError(Exception):
-    pass
 
 
 def add_parsers(verify_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -99,23 +93,20 @@ def verify_gcp(
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        result = verify_gcp(
+    return report(
+        args,
+        lambda: verify_gcp(
             Path(args.evidence),
             nonce=parse_nonce(args.nonce),
             at=parse_time(args.at),
             roots_path=Path(args.roots) if args.roots else None,
             eventlog_path=Path(args.eventlog) if args.eventlog else None,
-        )
-    except UsageError as exc:
-        print(json.dumps({"error": str(exc)}), file=sys.stderr)
-        return 2
-    except RemitsError as err:
-        print(json.dumps({"verified": False, "check": err.reason, "detail": err.detail}))
-        return 1
-    if args.json:
-        print(json.dumps(result, default=str))
-        return 0
+        ),
+        _print_text,
+    )
+
+
+def _print_text(result: dict[str, Any]) -> None:
     claims = result["claims"]
     print(f"verified: GCE instance {claims.get('gcp.instance_name')} ({claims.get('gcp.instance_id')})")
     for name in (
@@ -130,4 +121,3 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {name} = {claims[name]}")
     for bank, values in claims["pcrs"].items():
         print(f"  {bank} PCR 0 = {values.get('0', '-')}")
-    return 0

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import struct
-import sys
 from pathlib import Path
 from typing import Any
 
-from shared.errors import RemitsError
+from services.cli.verify_common import UsageError, report
 
 TEES = ("sev-chain",)
 ROLES = ("ark", "ask", "cek", "oca", "pek", "pdh")
@@ -25,10 +24,6 @@ _CA_SIZES = (832, 1600)
 _SEV_SIZE = 0x824
 _CA_ROLE = {0x0000: "ark", 0x0013: "ask"}
 _SEV_ROLE = {0x1001: "oca", 0x1002: "pek", 0x1003: "pdh", 0x1004: "cek"}
-
-
-class UsageError(Exception):
-    pass
 
 
 def add_parsers(verify_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -115,21 +110,13 @@ def verify_files(paths: list[Path], pinned: Any = None) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        result = verify_files([Path(p) for p in args.files])
-    except UsageError as exc:
-        print(json.dumps({"error": str(exc)}), file=sys.stderr)
-        return 2
-    except RemitsError as err:
-        print(json.dumps({"verified": False, "check": err.reason, "detail": err.detail}))
-        return 1
-    if args.json:
-        print(json.dumps(result))
-        return 0
+    return report(args, lambda: verify_files([Path(p) for p in args.files]), _print_text)
+
+
+def _print_text(result: dict[str, Any]) -> None:
     print(f"verified: AMD SEV chain, {result['generation']} (ARK/ASK pinned)")
     for role, info in result["certificates"].items():
         extra = f" algo={info['algo']} api={info['api_version']}" if info["format"] == "sev" else ""
         print(f"  {role.upper():3} usage={info['usage']} key={info['key']} key_id={info['key_id']}{extra}")
     for check in result["checks"]:
         print(f"  ok {check}")
-    return 0

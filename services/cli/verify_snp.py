@@ -6,12 +6,11 @@ Exit codes: 0 verified (claims on stdout), 1 a check failed ({"verified": false,
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from services.cli.verify_common import UsageError, report
 from shared.errors import RemitsError
 from shared.fetch import EndorsementFetcher
 from shared.platforms.base import EndorsementRequest
@@ -21,10 +20,6 @@ from shared.platforms.snp.evidence import decode_evidence
 from shared.platforms.snp.platform import SnpPlatform, parse
 
 CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
-
-
-class UsageError(Exception):
-    pass
 
 
 def read_report(path: Path) -> tuple[bytes, tuple[bytes, ...]]:
@@ -164,28 +159,24 @@ def load_roots_dir(directory: str | None) -> dict | None:  # type: ignore[type-a
 
 
 def main_verify(args: Any) -> int:
-    try:
-        result = verify_snp(
+    return report(
+        args,
+        lambda: verify_snp(
             Path(args.report),
             vek_path=Path(args.vek) if args.vek else None,
             certs_dir=Path(args.certs_dir) if args.certs_dir else None,
             kds_url=args.kds,
             at=parse_time(args.at),
             roots=load_roots_dir(args.roots_dir),
-        )
-    except UsageError as exc:
-        print(json.dumps({"error": str(exc)}), file=sys.stderr)
-        return 2
-    except RemitsError as err:
-        print(json.dumps({"verified": False, "check": err.reason, "detail": err.detail}))
-        return 1
-    if args.json:
-        print(json.dumps(result, default=str))
-    else:
-        print(f"verified: {result['snp.product']} {result['snp.signing_key']} report v{result['snp.version']}")
-        for name in ("snp.measurement", "snp.chip_id", "snp.report_data", "snp.host_data"):
-            print(f"  {name} = {result[name]}")
-        tcb = {k.rsplit('.', 1)[1]: v for k, v in result.items() if k.startswith("snp.reported_tcb.")}
-        print(f"  snp.reported_tcb = {tcb}")
-    return 0
+        ),
+        _print_text,
+    )
+
+
+def _print_text(result: dict[str, Any]) -> None:
+    print(f"verified: {result['snp.product']} {result['snp.signing_key']} report v{result['snp.version']}")
+    for name in ("snp.measurement", "snp.chip_id", "snp.report_data", "snp.host_data"):
+        print(f"  {name} = {result[name]}")
+    tcb = {k.rsplit('.', 1)[1]: v for k, v in result.items() if k.startswith("snp.reported_tcb.")}
+    print(f"  snp.reported_tcb = {tcb}")
 

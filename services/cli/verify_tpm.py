@@ -19,18 +19,13 @@ import argparse
 import base64
 import dataclasses
 import hmac
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ParseError, RemitsError, VerificationError
+from services.cli.verify_common import UsageError, report
+from shared.errors import ParseError, VerificationError
 
 TEES = ("tpm",)
-
-
-class UsageError(Exception):
-    pass
 
 
 def add_parsers(verify_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -124,16 +119,8 @@ def _text(result: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        result = verify_tpm(args.evidence, ak_path=args.ak, nonce_hex=args.nonce, eventlog_path=args.eventlog)
-    except UsageError as exc:
-        print(json.dumps({"error": str(exc)}), file=sys.stderr)
-        return 2
-    except RemitsError as err:
-        print(json.dumps({"verified": False, "check": err.reason, "detail": err.detail}))
-        return 1
-    if args.json:
-        print(json.dumps(result, default=str))
-    else:
-        print(_text(result))
-    return 0
+    return report(
+        args,
+        lambda: verify_tpm(args.evidence, ak_path=args.ak, nonce_hex=args.nonce, eventlog_path=args.eventlog),
+        lambda result: print(_text(result)),
+    )

@@ -91,9 +91,9 @@ class GuestClient:
                 body = raw.decode(errors="replace")
             return HttpResult(resp.status, body)
 
-    async def auth(self, tee: str = "sample") -> HttpResult:
+    async def auth(self, tee: str = "sample", extra_params: dict[str, Any] | None = None) -> HttpResult:
         return await self._send(
-            "POST", "/kbs/v0/auth", json={"version": KBS_VERSION, "tee": tee, "extra-params": {}}
+            "POST", "/kbs/v0/auth", json={"version": KBS_VERSION, "tee": tee, "extra-params": extra_params or {}}
         )
 
     def attestation_body(self, nonce: str, primary_evidence: Any) -> dict[str, Any]:

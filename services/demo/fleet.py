@@ -276,7 +276,11 @@ async def run_device(
             if auth.status != 200:
                 return DeviceRun(kind, "error", f"auth {auth.status}", False, _ms(started))
             nonce = auth.body["nonce"]
-            evidence = platform.evidence(device, nonce, client.tee_pubkey, tamper=(kind == "tampered"))
+            tamper = kind == "tampered"
+            if getattr(platform, "needs_challenge", False):  # IBM SE: the request is in the challenge
+                evidence = platform.evidence(device, nonce, client.tee_pubkey, tamper=tamper, challenge=auth.body)
+            else:
+                evidence = platform.evidence(device, nonce, client.tee_pubkey, tamper=tamper)
             body = client.attestation_body(nonce, evidence)
             result = await client.attest(body)
             if kind == "good":

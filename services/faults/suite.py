@@ -113,7 +113,7 @@ POISON_TARGETS = (
     (schemas.stage_subject("measure"), "identity"),
     (schemas.APPRAISAL_SUBJECT, "measure"),
     (schemas.REJECTION_SUBJECT, "intake"),
-    (schemas.decision_subject("sample", "affirming"), "decide"),
+    (schemas.decision_subject("default", "sample", "affirming"), "decide"),
 )
 
 

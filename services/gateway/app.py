@@ -19,11 +19,12 @@ from joserfc import jwe
 from joserfc.jwk import ECKey
 from nats.aio.client import Client as NATS
 
+from services.custody import published_keys, tenant_public_key
 from services.gateway.dashboard.feed import DashboardFeed
 from services.gateway.waiter import CHALLENGE, OutcomeWaiter
 from services.sevlaunch import WORKLOAD as SEV_WORKLOAD
 from services.sevlaunch import resource_path as sev_resource_path
-from shared import schemas
+from shared import schemas, tenants
 from shared.bus import ROUTE_HEADER, JetStreamPublisher, Publish, route_header
 from shared.busauth import MAC_HEADER, BusAuth, Unauthenticated
 from shared.cache import Store
@@ -40,11 +41,14 @@ from shared.kbs.wire import (
 from shared.platforms.sev import wire as sev_wire
 from shared.resp import RedisConnectionError
 from shared.telemetry import get_logger, inject_headers, tracer, tracing_enabled
+from shared.trust.mirror import TrustMirror
+from shared.trust.snapshot import TrustSnapshot
 
 log = get_logger("remits.gateway")
 COOKIE = "kbs-session-id"
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")  # what Store.create_session issues, nothing else
 _UNAVAILABLE = frozenset({"pipeline.timeout", "pipeline.unavailable"})
+SE = "se"  # IBM Secure Execution: its challenge is built by identity (services.seattest)
 
 
 _json = msgspec.json.Encoder()
@@ -131,6 +135,18 @@ def _tee_of(raw: bytes) -> str:
         return ""  # the full decoder names what is wrong
 
 
+def _path_tenant(request: web.Request) -> str | None:
+    """The tenant a /t/<tenant>/... path names (None on the unprefixed paths)."""
+    return request.match_info.get("tenant")
+
+
+def _too_many(detail: str, retry_after_s: float) -> web.Response:
+    """429 with Retry-After (whole seconds, at least 1): the tenant is over its quota."""
+    response = _error(429, "TooManyRequests", detail)
+    response.headers["Retry-After"] = str(max(1, int(retry_after_s + 0.999)))
+    return response
+
+
 def _sev_attestation(raw: bytes, session: Any, request_id: str, reply_to: str) -> schemas.AttestRequest:
     try:
         body = msgspec.json.decode(raw, type=_SevAttestation)
@@ -140,6 +156,7 @@ def _sev_attestation(raw: bytes, session: Any, request_id: str, reply_to: str) -
     meta = schemas.RequestMeta(
         request_id=request_id, tee=SEV, reply_to=reply_to, submitted_at=time.time(),
         session_id=session.session_id, nonce=session.nonce,  # the launch session's own challenge
+        tenant=session.tenant,
     )  # fmt: skip
     return schemas.AttestRequest(meta=meta, tee_pubkey={}, primary_evidence=evidence.encode())
 
@@ -154,8 +171,11 @@ class Gateway:
         waiter: OutcomeWaiter,
         auth: BusAuth | None = None,
         relay_public_pem: str = "",
+        trust: TrustMirror | None = None,
     ) -> None:
         self.settings = settings
+        # The tenants and their quotas (without a mirror, only the default tenant exists).
+        self.trust = trust
         self.nc = nc
         self.bus_auth = auth  # signs resource requests, checks release's answers
         # Admin requests are relayed to the provision component, their bodies encrypted to its
@@ -164,22 +184,35 @@ class Gateway:
         self.publisher = publisher
         self.store = store
         self.waiter = waiter
-        self.token_public_jwk = EarSigner(load_or_create_signing_key(settings.signing_key_path)).public_jwk()
+        # The signing key's public half: from the durable key set (every key still honoured), else
+        # the key file (a gateway started before any signer recorded its key).
+        self._file_jwk: dict[str, str] | None = None
+        self._join_jwk: dict[str, str] | None = None
+        self._tenant_keys_recorded: set[str] = set()
         self.dashboard = DashboardFeed(nc, auth, self.authorize_admin)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[self._errors])
+        # Every tenant-scoped endpoint twice: unprefixed (the default tenant; for /kbs/v0 also a
+        # tenant named in /auth's extra-params) and under /t/<tenant>/.
+        scoped = []
+        for prefix in ("", "/t/{tenant}"):
+            scoped += [
+                web.post(f"{prefix}/kbs/v0/auth", self.auth),
+                web.post(f"{prefix}/kbs/v0/attest", self.attest),
+                web.get(prefix + "/kbs/v0/resource/{repository}/{type}/{tag}", self.get_resource),
+                # A SEV launch's secret (the libkrun/reference-KBS path): the workload's LAUNCH_SECRET.
+                web.get(prefix + "/kbs/v0/key/{workload_id}", self.get_sev_key),
+                web.post(prefix + "/kbs/v0/resource/{repository}/{type}/{tag}", self.put_resource),
+                web.route("*", prefix + "/admin/v1/{tail:.*}", self.admin),
+                web.get(f"{prefix}/.well-known/jwks.json", self.jwks),
+            ]
         app.add_routes(
             [
-                web.post("/kbs/v0/auth", self.auth),
-                web.post("/kbs/v0/attest", self.attest),
-                web.get("/kbs/v0/resource/{repository}/{type}/{tag}", self.get_resource),
-                # A SEV launch's secret (the libkrun/reference-KBS path): the workload's LAUNCH_SECRET.
-                web.get("/kbs/v0/key/{workload_id}", self.get_sev_key),
-                web.post("/kbs/v0/resource/{repository}/{type}/{tag}", self.put_resource),
-                web.route("*", "/admin/v1/{tail:.*}", self.admin),
+                *scoped,
                 web.get("/healthz", self.healthz),
-                web.get("/.well-known/jwks.json", self.jwks),
+                # A confidential cluster's members and their last tokens, signed by the join service.
+                web.get("/cluster/{name}/attestation", self.cluster_attestation),
                 *self.dashboard.routes(),
             ]
         )
@@ -209,9 +242,66 @@ class Gateway:
     async def healthz(self, request: web.Request) -> web.Response:
         return _json_response({"status": "alive"})  # liveness only; readiness is /readyz
 
+    def tenant_snapshot(self, tenant: str) -> TrustSnapshot | None:
+        """``tenant``'s configuration as this gateway sees it; None when no such tenant exists."""
+        if self.trust is None:
+            return TrustSnapshot() if tenant == tenants.DEFAULT else None
+        snapshot = self.trust.snapshot(tenant)
+        return snapshot if snapshot.known else None
+
     async def jwks(self, request: web.Request) -> web.Response:
-        """The EAR signing key, for relying parties that verify tokens themselves."""
-        return _json_response({"keys": [self.token_public_jwk]})
+        """The EAR signing key, for relying parties that verify tokens themselves, and the join
+        service's key (its cluster statements and node credentials) when it runs here. Under
+        /t/<tenant>/, that tenant's keys only."""
+        tenant = _path_tenant(request)
+        if tenant is not None and tenant != tenants.DEFAULT:
+            if self.tenant_snapshot(tenant) is None:
+                return _error(404, "InvalidRequestPath", f"tenant.unknown: {tenant}")
+            if tenant not in self._tenant_keys_recorded:
+                # Once per process, as for the default key: the tenant's current key enters this
+                # data directory's key set (before any token of it, whichever replica signs).
+                try:
+                    tenant_public_key(self.settings, tenant)
+                except Exception as exc:
+                    log.error("gateway.tenant_key_unavailable", tenant=tenant, error=repr(exc))
+                    return _unavailable(f"custody.key_unavailable: tenant {tenant!r} has no signing key")
+                self._tenant_keys_recorded.add(tenant)
+            return _json_response({"keys": published_keys(self.settings, tenant=tenant)})
+        keys = published_keys(self.settings)
+        if not keys:
+            if self._file_jwk is None:
+                self._file_jwk = EarSigner(load_or_create_signing_key(self.settings.signing_key_path)).public_jwk()
+            keys = [self._file_jwk]
+        if self._join_jwk is None:
+            join_key = self.settings.data_dir / "join-signing-key.pem"
+            if join_key.exists():  # read once: the join service keeps its key for its life
+                self._join_jwk = EarSigner(load_or_create_signing_key(join_key)).public_jwk()
+        if self._join_jwk is not None:
+            keys.append(self._join_jwk)
+        return _json_response({"keys": keys})
+
+    async def cluster_attestation(self, request: web.Request) -> web.Response:
+        """``GET /cluster/<name>/attestation``: asked of the join service (request/reply, both ends
+        authenticated), answered as it signed it; users check it with `remits cluster verify`."""
+        data = _json.encode({"cluster": request.match_info["name"]})
+        headers = {MAC_HEADER: self.bus_auth.sign(schemas.CLUSTER_STATEMENT_SUBJECT, data)} if self.bus_auth else None
+        try:
+            reply = await self.nc.request(
+                schemas.CLUSTER_STATEMENT_SUBJECT, data, timeout=self.settings.request_timeout_s, headers=headers
+            )
+            if self.bus_auth is not None:
+                self.bus_auth.verify(reply.subject, reply.data, reply.headers, accept=frozenset({"join"}))
+            body = msgspec.json.decode(reply.data)
+        except nats.errors.NoRespondersError:
+            return _unavailable("join.unavailable: no join service is running")
+        except (TimeoutError, nats.errors.TimeoutError):
+            return _unavailable("join.unavailable: the join service did not answer in time")
+        except (Unauthenticated, msgspec.DecodeError) as exc:
+            log.warning("gateway.statement_refused", error=repr(exc))
+            return _error(502, "InternalError", "the cluster statement was not authentic")
+        if not isinstance(body, dict) or "statement" not in body:
+            return _error(404, "InvalidRequestPath", f"{body.get('error', 'join.error')}: {body.get('detail', '')}")
+        return _json_response({"statement": body["statement"]})
 
     async def auth(self, request: web.Request) -> web.Response:
         if (bad := _require_json(request)) is not None:
@@ -219,7 +309,12 @@ class Gateway:
         raw = await _read_body(request, self.settings.max_body_bytes)
         # Only a body that names the TEE "sev" is decoded twice: the others pay a substring test.
         if b'"sev"' in raw and _tee_of(raw) == SEV:
-            return await self._sev_auth(raw)
+            # A SEV launch request's extra-params are the launch's: only the path names a tenant.
+            try:
+                sev_tenant = tenants.tenant_of_auth(_path_tenant(request), None)
+            except tenants.BadTenant as exc:
+                return _error(400, "InvalidRequest", f"tenant.invalid: {exc}")
+            return await self._sev_auth(raw, sev_tenant)
         body = decode_request(raw)
         if body.tee not in SUPPORTED_TEES:
             return _error(
@@ -227,13 +322,60 @@ class Gateway:
                 "UnsupportedTee",
                 f"TEE {body.tee!r} is not supported; supported: {sorted(SUPPORTED_TEES)}",
             )
+        try:
+            tenant = tenants.tenant_of_auth(_path_tenant(request), body.extra_params)
+        except tenants.BadTenant as exc:
+            return _error(400, "InvalidRequest", f"tenant.invalid: {exc}")
         if not self.nc.is_connected:
             # A nonce the pipeline cannot check is not issued: the attestation could not proceed.
             return _unavailable("bus.unavailable: the pipeline cannot be reached")
-        session = await self.store.create_session(body.tee, self.settings.nonce_ttl_s)
+        refused = await self._admit(tenant)
+        if refused is not None:
+            return refused
+        session = await self.store.create_session(body.tee, self.settings.nonce_ttl_s, tenant=tenant)
+        if body.tee == SE:
+            return await self._se_challenge(session)
         return _json_response({"nonce": session.nonce, "extra-params": ""}, session.session_id)
 
-    async def _sev_auth(self, raw: bytes) -> web.Response:
+    async def _admit(self, tenant: str) -> web.Response | None:
+        """None when ``tenant`` exists and is within its attestations-per-second quota (counted
+        per challenge issued: every attestation starts with one); else the refusal."""
+        snapshot = self.tenant_snapshot(tenant)
+        if snapshot is None:
+            return _error(404, "InvalidRequest", f"tenant.unknown: no tenant {tenant!r}")
+        record = snapshot.tenant_record
+        if record is not None and record.attestations_per_s > 0:
+            wait_s = await self.store.admit(tenant, record.attestations_per_s)
+            if wait_s > 0:
+                return _too_many(
+                    f"quota.attestations: tenant {tenant!r} is over {record.attestations_per_s} attestations/s", wait_s
+                )
+        return None
+
+    async def _se_challenge(self, session: Any) -> web.Response:
+        """IBM SE: the challenge carries an attestation request (ARCB) that only the operator's
+        machines can open; identity builds it and keeps its measurement key (the gateway never
+        sees it)."""
+        request_id = _request_id()
+        meta = schemas.RequestMeta(
+            request_id=request_id, tee=SE, reply_to=self.waiter.subject, submitted_at=time.time(),
+            session_id=session.session_id, nonce=session.nonce, tenant=session.tenant,
+        )  # fmt: skip
+        with (
+            structlog.contextvars.bound_contextvars(request_id=request_id, stage="gateway"),
+            _root_span("remits.gateway.se_challenge", request_id),
+        ):
+            outcome = await self._submit(
+                Publish(schemas.stage_subject("intake"), schemas.SeChallengeRequest(meta=meta), f"{request_id}:gateway"),
+                meta,
+            )
+        if outcome.status == CHALLENGE:
+            return _json_response({"nonce": session.nonce, "extra-params": outcome.detail}, session.session_id)
+        if outcome.reason in _UNAVAILABLE:
+            return _unavailable(f"{outcome.reason}: {outcome.detail}")
+        return _error(401, "AttestationError", f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason)
+
+    async def _sev_auth(self, raw: bytes, tenant: str) -> web.Response:
         """A SEV host's launch request (kbs-types; version 0.0.0 as libkrun sends it): the chain
         goes through intake, endorse and identity, which answers with the launch challenge."""
         try:
@@ -247,11 +389,14 @@ class Gateway:
             return _error(400, "InvalidRequest", f"kbs.bad_request: version {body.version!r}, expected one of {sorted(SEV_VERSIONS)}")
         if not self.nc.is_connected:
             return _unavailable("bus.unavailable: the pipeline cannot be reached")
-        session = await self.store.create_session(SEV, self.settings.nonce_ttl_s)
+        refused = await self._admit(tenant)
+        if refused is not None:
+            return refused
+        session = await self.store.create_session(SEV, self.settings.nonce_ttl_s, tenant=tenant)
         request_id = _request_id()
         meta = schemas.RequestMeta(
             request_id=request_id, tee=SEV, reply_to=self.waiter.subject, submitted_at=time.time(),
-            session_id=session.session_id, nonce=session.nonce,
+            session_id=session.session_id, nonce=session.nonce, tenant=tenant,
         )  # fmt: skip
         build = launch.build
         message = schemas.SevLaunchRequest(
@@ -287,6 +432,9 @@ class Gateway:
         session = await self._session(request)
         if session is None:
             return _error(401, "InvalidSession", "no session: POST /kbs/v0/auth first")
+        path_tenant = _path_tenant(request)
+        if path_tenant is not None and path_tenant != session.tenant:
+            return _error(401, "InvalidSession", f"tenant.mismatch: the session is tenant {session.tenant!r}'s")
         raw = await _read_body(request, self.settings.max_body_bytes)
         request_id = _request_id()
         if session.tee == SEV:
@@ -302,6 +450,7 @@ class Gateway:
                 submitted_at=time.time(),
                 session_id=session.session_id,
                 nonce=body.runtime_data.nonce,
+                tenant=session.tenant,
             )
             message = schemas.AttestRequest(
                 meta=meta,
@@ -373,6 +522,8 @@ class Gateway:
             reply_to="",
             submitted_at=time.time(),
             session_id=session_id,
+            # A tenant's path opens its resources to its own tokens; "" (unprefixed): the token's.
+            tenant=_path_tenant(request) or "",
         )
         message = schemas.ResourceRequest(meta=meta, token=token, resource_path=path)
         with (
@@ -425,15 +576,17 @@ class Gateway:
     async def put_resource(self, request: web.Request) -> web.Response:
         """KBS resource upload (raw bytes): an admin request like any other, relayed to provision."""
         path = "/".join(request.match_info[k] for k in ("repository", "type", "tag"))
-        return await self._relay(request, "POST", f"kbs-resource/{path}")
+        return await self._relay(request, "POST", f"kbs-resource/{path}", _path_tenant(request))
 
     async def admin(self, request: web.Request) -> web.Response:
         """/admin/v1/...: relayed to the provision component, which checks the admin credential."""
         if request.method not in ("GET", "PUT", "POST", "DELETE"):
             return _error(405, "InvalidRequestPath", f"{request.method} not allowed on {request.path}")
-        return await self._relay(request, request.method, request.match_info["tail"])
+        return await self._relay(request, request.method, request.match_info["tail"], _path_tenant(request))
 
-    async def _relay(self, request: web.Request, method: str, path: str) -> web.Response:
+    async def _relay(
+        self, request: web.Request, method: str, path: str, tenant: str | None
+    ) -> web.Response:
         body = await _read_body(request, self.settings.max_body_bytes)
         return await self.relay_admin(
             method,
@@ -442,6 +595,7 @@ class Gateway:
             body,
             content_type=request.content_type,
             query=dict(request.query),
+            tenant=tenant or tenants.DEFAULT,
         )
 
     async def authorize_admin(self, authorization: str) -> tuple[int, bytes]:
@@ -458,6 +612,7 @@ class Gateway:
         body: bytes,
         content_type: str = "",
         query: dict[str, str] | None = None,
+        tenant: str = tenants.DEFAULT,
     ) -> web.Response:
         if self.relay_key is None:
             return _admin_error(404, "admin.disabled", "this gateway has no relay key for the admin API")
@@ -471,6 +626,7 @@ class Gateway:
             sealed_body=sealed,
             content_type=content_type,
             query=query or {},
+            tenant=tenant,
         )
         data = schemas.encode(message)
         headers = (
@@ -492,9 +648,12 @@ class Gateway:
         except (Unauthenticated, msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("gateway.admin_answer_refused", error=repr(exc))
             return _admin_error(502, "admin.bad_answer", "the answer to the admin request was not authentic")
-        return web.Response(
+        response = web.Response(
             status=reply.status, body=reply.body, content_type=reply.content_type or "application/json"
         )
+        if reply.status == 429:  # a tenant's quota (stored resources): nothing was changed
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
 
 
 def _admin_error(status: int, reason: str, detail: str) -> web.Response:

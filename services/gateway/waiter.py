@@ -19,7 +19,7 @@ log = get_logger("remits.gateway")
 
 _FROM_RELEASE = frozenset({"release"})
 _FROM_PIPELINE = frozenset({"release", "identity"})
-CHALLENGE = "challenge"  # a SEV launch's challenge: identity's only outcome, and never release's
+CHALLENGE = "challenge"  # a SEV launch's or an SE request's challenge: identity's only outcome, never release's
 
 
 class OutcomeWaiter:

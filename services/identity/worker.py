@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from services import sevlaunch
+from services import seattest, sevlaunch
 from services.common import StageContext, next_stage, reject, signed
 from shared import schemas
 from shared.bus import Publish
@@ -26,7 +26,7 @@ async def _sev_launch(ctx: StageContext, message: schemas.SevLaunchRequest) -> S
         if not ctx.sev_key:
             raise VerificationError("sev.unavailable", "identity holds no SEV session key")
         assert ctx.trust is not None
-        policy = sevlaunch.workload_policy(ctx.trust.snapshot(), message.workload_id, ctx.clock())
+        policy = sevlaunch.workload_policy(ctx.trust.snapshot(message.meta.tenant), message.workload_id, ctx.clock())
         launch = await ctx.run_crypto(
             lambda: broker.open_launch(
                 sevlaunch.request_of(message), policy=policy, roots=sevlaunch.chain_verifier(ctx),
@@ -57,10 +57,25 @@ async def _sev_claims(ctx: StageContext, message: schemas.EndorsedEvidence) -> d
     }
 
 
+async def _se_challenge(ctx: StageContext, message: schemas.SeChallengeRequest) -> Sequence[Publish]:
+    """The IBM SE attestation request for this session, answered straight to the gateway."""
+    meta = message.meta
+    try:
+        params = await seattest.open_challenge(ctx, meta.session_id, meta.request_id)
+    except RemitsError as err:
+        return [reject(meta, STAGE, err)]
+    data = schemas.encode(schemas.Outcome(meta.request_id, "challenge", detail=params))
+    if meta.reply_to:
+        await ctx.nc.publish(meta.reply_to, data, headers=signed(ctx, meta.reply_to, data))
+    return []
+
+
 def make_handler(ctx: StageContext):
     async def handle(message: schemas.StageUnion) -> Sequence[Publish]:
         if isinstance(message, schemas.SevLaunchRequest):
             return await _sev_launch(ctx, message)
+        if isinstance(message, schemas.SeChallengeRequest):
+            return await _se_challenge(ctx, message)
         if not isinstance(message, schemas.EndorsedEvidence):
             return [reject(message.meta, STAGE, "bus.unexpected_message", type(message).__name__)]
         platform = ctx.platforms.get(message.meta.tee)
@@ -68,9 +83,11 @@ def make_handler(ctx: StageContext):
             return [reject(message.meta, STAGE, "tee.unsupported", message.meta.tee)]
         now = datetime.fromtimestamp(ctx.clock(), tz=UTC)
         try:
-            claims = await ctx.run_crypto(
-                platform.verify_identity, message.evidence, message.endorsement, now
-            )
+            if message.meta.tee == seattest.TEE:
+                # A MAC, not a signature: only the request's own key checks it.
+                claims = await seattest.verify_answer(ctx, message.meta.session_id, message.evidence, message.meta.tenant)
+            else:
+                claims = await ctx.run_crypto(platform.verify_identity, message.evidence, message.endorsement, now)
             if message.meta.tee == sevlaunch.TEE:
                 claims.update(await _sev_claims(ctx, message))
         except RemitsError as err:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Sequence
 
@@ -17,6 +19,10 @@ from shared.kbs.initdata import binding_matches, parse_init_data
 from shared.platforms.sev import abi
 
 STAGE = "intake"
+# IBM SE guests bind SHA-512 of the runtime data (all 64 bytes of the user data's first part); the
+# others SHA-384, zero-padded to 64.
+_REPORT_DATA_HASH = {"se": "sha512"}
+ATLS_BINDING = "atls"
 
 _NONCE_REASONS = {
     NonceState.REPLAYED: ("nonce.replayed", "the challenge nonce was already used"),
@@ -24,6 +30,19 @@ _NONCE_REASONS = {
     NonceState.UNKNOWN: ("nonce.unknown", "no such challenge nonce (never issued, or long expired)"),
     NonceState.WRONG_SESSION: ("nonce.wrong_session", "the nonce was issued to another session"),
 }
+
+
+def atls_expected_report_data(nonce: str, tee_pubkey: dict[str, object]) -> bytes:
+    """An attested-TLS certificate's evidence: SHA-384 of the certificate key's SubjectPublicKeyInfo
+    and the challenge nonce's bytes (the key is the tee-pubkey the join front read from it)."""
+    from shared.atls.cert import evidence_binding, spki_der
+    from shared.kbs.wire import tee_public_key
+
+    try:
+        nonce_bytes = base64.b64decode(nonce, validate=True)
+    except (ValueError, binascii.Error):
+        raise ParseError("nonce", "not standard base64", prefix="atls") from None
+    return evidence_binding(spki_der(tee_public_key(tee_pubkey)), nonce_bytes)
 
 
 def _sev_launch(message: schemas.SevLaunchRequest) -> Publish:
@@ -45,6 +64,9 @@ def make_handler(ctx: StageContext):
     async def handle(message: schemas.StageUnion) -> Sequence[Publish]:
         if isinstance(message, schemas.SevLaunchRequest):
             return [_sev_launch(message)]
+        if isinstance(message, schemas.SeChallengeRequest):
+            # Nothing to parse yet: the attestation request is built by identity, which holds the key.
+            return [next_stage("endorse", message, STAGE)]
         if not isinstance(message, schemas.AttestRequest):
             return [reject(message.meta, STAGE, "bus.unexpected_message", type(message).__name__)]
         meta = message.meta
@@ -58,13 +80,18 @@ def make_handler(ctx: StageContext):
         try:
             info = platform.parse_evidence(message.primary_evidence)
             # A SEV launch measurement has no report_data: the session's TIK binds it (measure).
-            expected = (
-                b"" if meta.tee == SEV
-                else expected_report_data(meta.nonce, message.tee_pubkey, message.additional_evidence)
-            )  # fmt: skip
+            if meta.tee == SEV:
+                expected = b""
+            elif meta.binding == ATLS_BINDING:
+                expected = atls_expected_report_data(meta.nonce, message.tee_pubkey)
+            else:
+                expected = expected_report_data(
+                    meta.nonce, message.tee_pubkey, message.additional_evidence, _REPORT_DATA_HASH.get(meta.tee, "sha384")
+                )
         except RemitsError as err:
             return [reject(meta, STAGE, err)]
         init_data_claims = None
+        digest = b""
         if message.init_data is not None:
             try:
                 init_data_claims, digest = parse_init_data(message.init_data["format"], message.init_data["body"])
@@ -94,6 +121,8 @@ def make_handler(ctx: StageContext):
         if init_data_claims is not None:
             # TOML dates become strings: the claims end up in a JSON token.
             runtime_data_claims["init_data_claims"] = json.loads(json.dumps(init_data_claims.get("data", {}), default=str))
+            # The workload's identity: what a resource's binding.init_data names (hex, lower case).
+            runtime_data_claims["init_data_digest"] = digest.hex()
         parsed = schemas.ParsedEvidence(
             meta=meta,
             runtime_data_claims=runtime_data_claims,

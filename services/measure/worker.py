@@ -50,7 +50,9 @@ def make_handler(ctx: StageContext):
         platform = ctx.platforms.get(meta.tee)
         if platform is None:
             return [reject(meta, STAGE, "tee.unsupported", meta.tee)]
-        snapshot = trust.snapshot()
+        snapshot = trust.snapshot(meta.tenant)
+        if not snapshot.known:  # deleted since the guest was admitted, or never created
+            return [reject(meta, STAGE, "tenant.unknown", meta.tenant)]
         try:
             policy = attestation_policy(snapshot, meta.tee, policies)
         except PolicyUnavailable as exc:
@@ -73,6 +75,7 @@ def make_handler(ctx: StageContext):
             provenance=verdict.provenance,
             vector=verdict.vector,
             reject=verdict.reject,
+            tenant=meta.tenant,
         )
         kept = Publish(schemas.evidence_subject(meta.request_id), record, f"{meta.request_id}:evidence")
         if verdict.reject:

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from shared import schemas
+from shared import schemas, tenants
 from shared.adminauth import AdminAuthError, AdminKey, AdminKeyError, load_admin_key, verify_admin_token
 from shared.kbs.wire import ATTESTED_TEES
 from shared.manifest import ManifestError, verify_manifest
@@ -62,10 +62,14 @@ def admin_keys(
 
 
 class AdminApi:
+    """Keys given to the service (``configured_keys``, `remits up --admin-key`) are the operator's:
+    they act on every tenant and alone manage tenants. Admin keys stored in a tenant act on that
+    tenant alone (its requests come as /t/<tenant>/admin/v1/...)."""
+
     def __init__(
         self,
         admin: TrustAdmin,
-        snapshot: Callable[[], TrustSnapshot],
+        snapshot: Callable[[str], TrustSnapshot],
         configured_keys: Sequence[AdminKey],
         provisioner_keys: Sequence[AdminKey],
         clock: Callable[[], float],
@@ -77,27 +81,91 @@ class AdminApi:
         self.clock = clock
 
     async def handle(
-        self, method: str, path: str, authorization: str, body: bytes, query: dict[str, str]
+        self,
+        method: str,
+        path: str,
+        authorization: str,
+        body: bytes,
+        query: dict[str, str],
+        tenant: str = tenants.DEFAULT,
     ) -> Reply:
-        snapshot = self.snapshot()
-        keys = admin_keys(self.configured_keys, snapshot)
-        if not keys:
+        if not tenants.is_name(tenant):
+            return _error(404, "tenant.unknown", f"no tenant {tenant!r}")
+        snapshot = self.snapshot(tenant)
+        own = admin_keys([], snapshot) if snapshot.known else []
+        if not self.configured_keys and not own:
             return _error(404, "admin.disabled", "no admin key is configured: the admin API is off")
+        now = self.clock()
+        operator = True
         try:
-            who = verify_admin_token(authorization or None, keys, now=self.clock())
+            # The operator's keys first; a credential none of them signed may be the tenant's own.
+            who = verify_admin_token(authorization or None, self.configured_keys, now=now)
         except AdminAuthError as exc:
-            return _error(401, exc.reason, str(exc))
-        return await self.handle_as(f"{who.subject} ({who.kid})", method, path, body, query)
+            if not own or exc.reason not in ("admin.unknown_key", "admin.bad_signature"):
+                return _error(401, exc.reason, str(exc))
+            try:
+                who = verify_admin_token(authorization or None, own, now=now)
+            except AdminAuthError as again:
+                return _error(401, again.reason, str(again))
+            operator = False
+        actor = f"{who.subject} ({who.kid})" if operator else f"{who.subject} ({who.kid}@{tenant})"
+        return await self.handle_as(actor, method, path, body, query, tenant=tenant, operator=operator)
 
     async def handle_as(
-        self, actor: str, method: str, path: str, body: bytes, query: dict[str, str]
+        self,
+        actor: str,
+        method: str,
+        path: str,
+        body: bytes,
+        query: dict[str, str],
+        tenant: str = tenants.DEFAULT,
+        operator: bool = True,
     ) -> Reply:
         """A request already authenticated as ``actor`` (the admin API after its credential
-        check; the operator's own tools with `--local`)."""
+        check; the operator's own tools with `--local`), on ``tenant``'s records."""
+        parts = path.strip("/").split("/")
         try:
-            return await self._route(method, path.strip("/").split("/"), body, query, actor, self.snapshot())
+            if parts[0] == "tenants":
+                if not operator:
+                    raise AdminError(403, "admin.forbidden", "only the operator's keys manage tenants")
+                return await self._tenants(method, parts[1:], body, actor)
+            snapshot = self.snapshot(tenant)
+            # The store itself when the mirror does not know the tenant (yet): a tenant created by
+            # the request before this one is there, whichever replica wrote it.
+            if not snapshot.known and await self.admin.tenant_record(tenant) is None:
+                raise AdminError(404, "tenant.unknown", f"no tenant {tenant!r}")
+            return await self._route(method, parts, body, query, actor, snapshot, self.admin.for_tenant(tenant))
         except AdminError as exc:
             return _error(exc.status, exc.reason, exc.detail)
+
+    async def _tenants(self, method: str, rest: list[str], body: bytes, actor: str) -> Reply:
+        """/admin/v1/tenants: POST {"name", "attestations_per_s"?, "max_resources"?} creates (or
+        sets a tenant's quotas), GET lists, GET/DELETE /tenants/<name>."""
+        name = rest[0] if rest and rest[0] else ""
+        if method == "GET" and not name:
+            listed = [_tenant_view(tenants.DEFAULT, None, 0)]
+            for key, revision, record in await self.admin.entries(buckets.TENANTS):
+                listed.append(_tenant_view(key, record, revision))
+            return Reply(200, sorted(listed, key=lambda t: t["name"]))
+        if method == "GET":
+            if name == tenants.DEFAULT:
+                return Reply(200, _tenant_view(name, None, 0))
+            found = await self.admin.entry(buckets.TENANTS, name)
+            if found is None:
+                raise AdminError(404, "tenant.unknown", f"no tenant {name!r}")
+            return Reply(200, _tenant_view(name, found[1], found[0]))
+        if method == "DELETE" and name:
+            change, removed = await self.admin.delete_tenant(name, actor)
+            return Reply(200, {**change.as_dict(), "records_removed": removed})
+        if method in ("POST", "PUT"):
+            doc = _json_object(body)
+            target = name or _str(doc, "name")
+            change = await self.admin.put_tenant(
+                target, actor,
+                attestations_per_s=doc.get("attestations_per_s", 0), max_resources=doc.get("max_resources", 0),
+            )  # fmt: skip
+            return Reply(200, {"name": target, **change.as_dict()})
+        raise AdminError(405, "admin.bad_request", f"{method} not allowed on tenants")
 
     async def _route(
         self,
@@ -107,12 +175,13 @@ class AdminApi:
         query: dict[str, str],
         actor: str,
         snapshot: TrustSnapshot,
+        admin: TrustAdmin,
     ) -> Reply:
         collection, rest = parts[0], parts[1:]
         if collection == "whoami" and method == "GET" and not rest:
             return Reply(200, {"actor": actor})  # the dashboard's credential check
         if collection == "kbs-resource" and method == "POST" and len(rest) == 3:
-            change = await self.admin.put_resource("/".join(rest), body, actor)
+            change = await admin.put_resource("/".join(rest), body, actor)
             return Reply(200, {"stored": "/".join(rest), **change.as_dict()})
         bucket = buckets.BY_COLLECTION.get(collection)
         if bucket is None:
@@ -122,14 +191,14 @@ class AdminApi:
         key = self._key(bucket, rest)
         if method == "GET":
             if key and query.get("history"):
-                return await self._history(bucket, key)
-            return await (self._get(bucket, key) if key else self._list(bucket, snapshot, query))
+                return await self._history(admin, bucket, key)
+            return await (self._get(admin, bucket, key) if key else self._list(admin, bucket, snapshot, query))
         if method == "DELETE":
             if not key:
                 raise AdminError(405, "admin.bad_request", "DELETE needs a key")
-            return Reply(200, (await self.admin.delete(bucket, key, actor)).as_dict())
+            return Reply(200, (await admin.delete(bucket, key, actor)).as_dict())
         if method in ("PUT", "POST"):
-            change = await self._put(bucket, rest, body, actor)
+            change = await self._put(admin, snapshot, bucket, rest, body, actor)
             return Reply(200, change)
         return _error(405, "admin.bad_request", f"{method} not allowed")
 
@@ -155,8 +224,8 @@ class AdminApi:
         raise AdminError(404, "admin.bad_key", "/".join(rest))
 
     # -- reads -----------------------------------------------------------------------------
-    async def _list(self, bucket: buckets.Bucket, snapshot: TrustSnapshot, query: dict[str, str]) -> Reply:
-        entries = await self.admin.entries(bucket)
+    async def _list(self, admin: TrustAdmin, bucket: buckets.Bucket, snapshot: TrustSnapshot, query: dict[str, str]) -> Reply:
+        entries = await admin.entries(bucket)
         if bucket is buckets.RESOURCES:
             return Reply(200, [key for key, _, _ in entries])  # paths only, never values
         if bucket is buckets.POLICIES:
@@ -179,8 +248,8 @@ class AdminApi:
             out.append(item)
         return Reply(200, out)
 
-    async def _get(self, bucket: buckets.Bucket, key: str) -> Reply:
-        found = await self.admin.entry(bucket, key)
+    async def _get(self, admin: TrustAdmin, bucket: buckets.Bucket, key: str) -> Reply:
+        found = await admin.entry(bucket, key)
         if found is None:
             if bucket is buckets.POLICIES:
                 try:
@@ -197,9 +266,9 @@ class AdminApi:
             body["path"] = key
         return Reply(200, {"key": key, "revision": revision, **body})
 
-    async def _history(self, bucket: buckets.Bucket, key: str) -> Reply:
+    async def _history(self, admin: TrustAdmin, bucket: buckets.Bucket, key: str) -> Reply:
         out = []
-        for revision, operation, record in await self.admin.history(bucket, key):
+        for revision, operation, record in await admin.history(bucket, key):
             item: dict[str, Any] = {"revision": revision, "operation": operation}
             if record is not None and bucket is not buckets.RESOURCES:
                 item["record"] = msgspec.to_builtins(record)
@@ -207,7 +276,9 @@ class AdminApi:
         return Reply(200, out)
 
     # -- writes ----------------------------------------------------------------------------
-    async def _put(self, bucket: buckets.Bucket, rest: list[str], body: bytes, actor: str) -> dict[str, Any]:
+    async def _put(
+        self, admin: TrustAdmin, snapshot: TrustSnapshot, bucket: buckets.Bucket, rest: list[str], body: bytes, actor: str
+    ) -> dict[str, Any]:
         if bucket is buckets.POLICIES:
             if len(rest) != 1:
                 raise AdminError(400, "admin.bad_key", "PUT /admin/v1/policies/<id>")
@@ -215,9 +286,9 @@ class AdminApi:
             doc = _maybe_json(body)
             if isinstance(doc, dict) and isinstance(doc.get("rego"), str):
                 rego = doc["rego"]
-            return (await self.admin.put_policy(rest[0], rego, actor)).as_dict()
+            return (await admin.put_policy(rest[0], rego, actor)).as_dict()
         if bucket is buckets.REFVALS and rest == ["manifest"]:
-            return await self._import_manifest(body, actor)
+            return await self._import_manifest(admin, snapshot, body, actor)
         doc = _json_object(body)
         if bucket is buckets.REFVALS:
             tee, name, record_id = [*rest, "", "", ""][:3] if rest else ("", "", "")
@@ -229,7 +300,7 @@ class AdminApi:
             expires = doc.get("expires_at")
             if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int | float)):
                 raise AdminError(400, "admin.bad_request", "expires_at: unix seconds")
-            change = await self.admin.put_reference_value(
+            change = await admin.put_reference_value(
                 tee, name, values, actor, record_id=record_id, expires_at=expires,
                 source=str(doc.get("source") or "admin-api"),
                 inputs=inputs if isinstance(inputs := doc.get("inputs"), dict) else None,
@@ -246,11 +317,11 @@ class AdminApi:
             binding = doc.get("binding", {})
             if not isinstance(binding, dict):
                 raise AdminError(400, "admin.bad_binding", "binding: an object")
-            return (await self.admin.put_resource("/".join(rest), secret, actor, binding)).as_dict()
+            return (await admin.put_resource("/".join(rest), secret, actor, binding)).as_dict()
         if bucket is buckets.REVOCATIONS:
             kind, value = [*rest, "", ""][:2] if rest else ("", "")
             kind, value = kind or _str(doc, "kind"), value or _str(doc, "value")
-            return (await self.admin.revoke(kind, value, str(doc.get("reason", "")), actor)).as_dict()
+            return (await admin.revoke(kind, value, str(doc.get("reason", "")), actor)).as_dict()
         if bucket is buckets.ADMIN_KEYS:
             pem, role = _str(doc, "pem"), str(doc.get("role", "admin"))
             if role not in ("admin", "provisioner"):
@@ -260,11 +331,13 @@ class AdminApi:
             except AdminKeyError as exc:
                 raise AdminError(400, "admin.bad_key", f"pem: {exc}") from None
             record = schemas.AdminKeyRecord(kid=key.kid, alg=key.alg, pem=key.pem, role=role)  # type: ignore[arg-type]
-            return (await self.admin.put_admin_key(record, actor)).as_dict()
+            return (await admin.put_admin_key(record, actor)).as_dict()
         raise AdminError(405, "admin.bad_request", "not writable")
 
-    async def _import_manifest(self, body: bytes, actor: str) -> dict[str, Any]:
-        keys = [*self.provisioner_keys, *admin_keys([], self.snapshot(), role="provisioner")]
+    async def _import_manifest(
+        self, admin: TrustAdmin, snapshot: TrustSnapshot, body: bytes, actor: str
+    ) -> dict[str, Any]:
+        keys = [*self.provisioner_keys, *admin_keys([], snapshot, role="provisioner")]
         if not keys:
             raise AdminError(400, "admin.no_provisioner_key", "no provisioner key is configured")
         try:
@@ -273,7 +346,7 @@ class AdminApi:
             raise AdminError(400, exc.reason, str(exc)) from None
         changes = []
         for index, entry in enumerate(manifest.entries):
-            change = await self.admin.put_reference_value(
+            change = await admin.put_reference_value(
                 entry.tee, entry.name, list(entry.values), actor,
                 record_id=f"m{manifest.digest[:12]}{index}",
                 expires_at=entry.expires_at,
@@ -288,6 +361,16 @@ class AdminApi:
             "issuer": manifest.issuer,
             "changes": changes,
         }
+
+
+def _tenant_view(name: str, record: schemas.TenantRecord | None, revision: int) -> dict[str, Any]:
+    view: dict[str, Any] = {"name": name, "revision": revision}
+    if record is not None:
+        view.update(
+            created_by=record.created_by, created_at=record.created_at,
+            attestations_per_s=record.attestations_per_s, max_resources=record.max_resources,
+        )  # fmt: skip
+    return view
 
 
 def _policy_summary(key: str, revision: int, record: schemas.PolicyRecord) -> dict[str, Any]:

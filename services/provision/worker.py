@@ -73,7 +73,7 @@ class ProvisionService(QueueResponder):
         else:
             try:
                 reply = await self.api.handle(
-                    request.method, request.path, request.authorization, body, request.query
+                    request.method, request.path, request.authorization, body, request.query, request.tenant
                 )
             except Exception as exc:  # NATS or KV trouble: nothing half-done is reported as done
                 log.error("provision.failed", error=repr(exc), exc_info=True)

@@ -21,11 +21,13 @@ from opentelemetry.trace import SpanKind
 
 from services import sevlaunch
 from services.common import StageContext, notify_outcome, outcome_mac, outcome_of, signed
-from shared import schemas
+from services.custody import KeySetVerifier, tenant_public_key
+from shared import credentials, schemas, tenants
 from shared.bus import Publish, QueueResponder
 from shared.busauth import Unauthenticated
 from shared.cache import TtlCache
-from shared.ear import CPU_SUBMOD, K_EVIDENCE, EarVerifier, submod_status, tee_pubkey_from_claims
+from shared.connections import with_custody
+from shared.ear import CPU_SUBMOD, K_EVIDENCE, submod_status, tee_pubkey_from_claims, token_issuer
 from shared.errors import RemitsError, VerificationError
 from shared.jwe import wrap_secret
 from shared.kbs.wire import ATTESTED_TEES
@@ -39,6 +41,8 @@ from shared.trust.evaluate import PolicyUnavailable, resource_policy
 from shared.trust.snapshot import Entry
 
 STAGE = "release"
+# Who may ask for a resource on a node's behalf: the KBS gateway and the clusters' join service.
+_RESOURCE_ASKERS = credentials.EXPECTS["release"]["resource_request"]
 log = get_logger("remits.release")
 
 # Clocks of the decide and release replicas may differ by this much (NTP keeps real hosts far
@@ -62,6 +66,8 @@ class VerifiedToken:
     jti: str = ""
     iat: int = 0
     exp: int = 0
+    tenant: str = tenants.DEFAULT  # whose key signed it (its iss): whose resources it may open
+    init_data: str = ""  # the digest of the init-data the TEE was launched with (hex), if it gave one
 
     def policy_input(self) -> dict[str, Any]:
         measurement_claim = REVOCATION_CLAIMS.get(self.tee, {}).get("measurement", "")
@@ -73,7 +79,17 @@ class VerifiedToken:
             "jti": self.jti,
             "measurement": str(self.claims.get(measurement_claim, "")),
             "claims": self.claims,
+            "tenant": self.tenant,
+            "init_data": self.init_data,
         }
+
+
+def _init_data_digest(claims: dict[str, Any]) -> str:
+    """The init-data digest intake bound to the evidence (runtime_data_claims), or ""."""
+    annotated = claims.get("submods", {}).get(CPU_SUBMOD, {}).get(K_EVIDENCE, {})
+    runtime = annotated.get("runtime_data_claims") if isinstance(annotated, dict) else None
+    digest = runtime.get("init_data_digest") if isinstance(runtime, dict) else None
+    return digest if isinstance(digest, str) else ""
 
 
 def _workload(claims: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -92,7 +108,9 @@ class Release:
         self.ctx = ctx
         self._keyring = keyring
         self._kek_path = kek_path  # read again when a record names a KEK this replica does not hold
-        self._verifier = EarVerifier(ctx.signing_key.public_key())
+        # Tokens of a signing key rotated out stay valid until they expire (services.custody).
+        # One key set per tenant: a token verifies only with the keys of the tenant it names.
+        self._verifiers = {tenants.DEFAULT: KeySetVerifier(ctx.settings, ctx.signing_key.public_key())}
         # Tokens this replica verified, until they expire: the token a guest presents right after
         # attesting is byte for byte the one checked when its decision arrived.
         self._verified: TtlCache[str, VerifiedToken] = TtlCache(100_000)
@@ -101,7 +119,14 @@ class Release:
         entry = self._verified.get(token)
         if entry is None:
             now = self.ctx.clock()
-            claims = self._verifier.verify(token, now=int(now), issued_skew_s=CLOCK_SKEW_S)
+            tenant = tenants.tenant_of_issuer(token_issuer(token))
+            if not tenant:
+                raise VerificationError("token.unknown_issuer", "the token was not issued by this service")
+            # Before any key of it is looked up or recorded: an unverified iss must not make this
+            # replica derive keys (and write key sets) for names that are no tenant's.
+            if tenant != tenants.DEFAULT and self.ctx.trust is not None and not self.ctx.trust.snapshot(tenant).known:
+                raise VerificationError("tenant.unknown", f"no tenant {tenant!r}")
+            claims = self._verifier(tenant).verify(token, now=int(now), issued_skew_s=CLOCK_SKEW_S)
             tee_jwk: dict[str, Any] | VerificationError
             try:
                 tee_jwk = tee_pubkey_from_claims(claims)
@@ -112,10 +137,23 @@ class Release:
             entry = VerifiedToken(
                 submod_status(claims), tee_jwk, nonce if isinstance(nonce, str) else "",
                 tee=tee, claims=tee_claims, jti=str(claims.get("jti", "")),
-                iat=int(claims.get("iat", 0)), exp=int(claims["exp"]),
+                iat=int(claims.get("iat", 0)), exp=int(claims["exp"]), tenant=tenant,
+                init_data=_init_data_digest(claims),
             )  # fmt: skip
             self._verified.put(token, entry, float(claims["exp"]) - now)
         return entry
+
+    def _verifier(self, tenant: str) -> KeySetVerifier:
+        verifier = self._verifiers.get(tenant)
+        if verifier is None:
+            settings = self.ctx.settings
+            try:
+                current = tenant_public_key(settings, tenant, root=self.ctx.signing_key)
+            except Exception as exc:  # an HSM key the operator has not created: nothing verifies
+                log.error("release.tenant_key_unavailable", tenant=tenant, error=repr(exc))
+                raise VerificationError("custody.key_unavailable", f"no signing key of tenant {tenant!r}") from None
+            verifier = self._verifiers[tenant] = KeySetVerifier(settings, current, tenant)
+        return verifier
 
     async def handle(self, message: schemas.StageUnion) -> Sequence[Publish]:
         """The stage handler for the decision stream."""
@@ -168,6 +206,13 @@ class Release:
             )
         try:
             verified = self.verified_token(token)
+            # A tenant's path (/t/<tenant>/kbs/v0/resource/...) opens that tenant's resources to
+            # its own tokens only; the unprefixed path, the token's own tenant's.
+            if request.meta.tenant and request.meta.tenant != verified.tenant:
+                return schemas.Outcome(
+                    rid, "denied", "token.wrong_tenant",
+                    f"a token of tenant {verified.tenant!r} opens none of tenant {request.meta.tenant!r}'s resources",
+                )  # fmt: skip
             allowed, reason, entry = self._judge(verified, request.resource_path)
             if not allowed:
                 return schemas.Outcome(rid, "denied", reason, f"resource policy: {reason}")
@@ -176,13 +221,15 @@ class Release:
             if verified.tee == sevlaunch.TEE:
                 # A SEV launch: the secret goes to the firmware, sealed under the launch's TEK/TIK.
                 own = session is not None and session.state == "attested" and session.token == token
-                packet = await self._sev_secret(request, verified, own, self._unseal(entry.key, entry.record))
+                packet = await self._sev_secret(
+                    request, verified, own, self._unseal(tenants.scoped_key(verified.tenant, entry.key), entry.record)
+                )
                 log.debug("resource.released", resource=request.resource_path)
                 return schemas.Outcome(rid, "released", jwe=packet)
             tee_jwk = verified.tee_jwk
             if isinstance(tee_jwk, VerificationError):
                 raise tee_jwk
-            jwe = wrap_secret(self._unseal(entry.key, entry.record), tee_jwk)
+            jwe = wrap_secret(self._unseal(tenants.scoped_key(verified.tenant, entry.key), entry.record), tee_jwk)
         except RemitsError as err:
             return schemas.Outcome(rid, "denied", err.reason, err.detail)
         log.debug("resource.released", resource=request.resource_path)  # never the value
@@ -217,7 +264,9 @@ class Release:
         void the token. A resource that does not exist is judged with no binding, so that a
         token the policy refuses learns nothing about which resources exist."""
         assert self.ctx.trust is not None and self.ctx.policies is not None
-        snapshot = self.ctx.trust.snapshot()
+        snapshot = self.ctx.trust.snapshot(verified.tenant)
+        if not snapshot.known:  # the tenant was deleted: its tokens open nothing any more
+            return False, "tenant.unknown", None
         entry = snapshot.resources.get(path)
         try:
             policy = resource_policy(snapshot, self.ctx.policies)
@@ -253,7 +302,7 @@ class Release:
         if record.sealed.get("kid") not in self._keyring.kids and self._kek_path is not None:
             # `remits kek rotate` re-wrapped the data keys under a KEK written to the key file.
             with contextlib.suppress(SealingError, OSError):
-                self._keyring = KeyRing.load(self._kek_path)
+                self._keyring = with_custody(self.ctx.settings, KeyRing.load(self._kek_path))
         try:
             return unseal(self._keyring, record.sealed, path.encode())
         except SealingError as exc:
@@ -279,7 +328,7 @@ class ResourceResponder(QueueResponder):
         auth = self._release.ctx.auth
         try:
             if auth is not None:
-                auth.verify(msg.subject, msg.data, msg.headers, accept=frozenset({"gateway"}))
+                auth.verify(msg.subject, msg.data, msg.headers, accept=_RESOURCE_ASKERS)
             request = schemas.decode_stage(msg.data)
         except Unauthenticated as exc:
             log.warning("resource.unauthenticated", detail=exc.detail)

@@ -39,7 +39,7 @@ KNOWN_TEES: Final = frozenset(
     }
 )
 # TEEs this service has a verifier for, in one order everything that lists them uses.
-ATTESTED_TEES: Final = ("sample", "snp", "tdx", "sgx", "tpm", "az-snp-vtpm", "az-tdx-vtpm", "gcp-vtpm", "sev")
+ATTESTED_TEES: Final = ("sample", "snp", "tdx", "sgx", "tpm", "az-snp-vtpm", "az-tdx-vtpm", "gcp-vtpm", "sev", "cca", "se")
 SUPPORTED_TEES: Final = frozenset(ATTESTED_TEES)
 
 ERROR_TYPE_PREFIX: Final = "https://github.com/confidential-containers/kbs/errors/"

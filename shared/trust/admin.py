@@ -19,7 +19,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from shared import schemas
+from shared import schemas, tenants
 from shared.bus import JetStreamPublisher
 from shared.policy.engine import PolicyError, compile_policy
 from shared.sealing import KeyRing, rewrap, seal
@@ -60,18 +60,36 @@ def _record_id(*parts: str) -> str:
 
 
 class TrustAdmin:
+    """Reads and changes one tenant's records (``tenant``; ``for_tenant`` gives another's view).
+    Keys in and out are keys within the tenant; the buckets hold them under its prefix."""
+
     def __init__(
         self,
         js: JetStreamContext,
         publisher: JetStreamPublisher,
         keyring: Callable[[], KeyRing] | None = None,
         clock: Callable[[], float] = time.time,
+        tenant: str = tenants.DEFAULT,
     ) -> None:
         self._js = js
         self._publisher = publisher
         self._keyring = keyring
         self._clock = clock
         self._kv: dict[str, Any] = {}
+        self.tenant = tenants.check_name(tenant)
+
+    def for_tenant(self, tenant: str) -> TrustAdmin:
+        view = TrustAdmin(self._js, self._publisher, self._keyring, self._clock, tenant)
+        view._kv = self._kv  # one handle per bucket, whichever tenant's view uses it
+        return view
+
+    def _stored(self, bucket: buckets.Bucket, key: str) -> str:
+        return tenants.scoped_key(self.tenant, key) if bucket in buckets.TENANT_SCOPED else key
+
+    async def _require_tenant(self) -> None:
+        """Writes go only to a tenant that exists (a deleted one's records are never read)."""
+        if self.tenant != tenants.DEFAULT and await self.tenant_record(self.tenant) is None:
+            raise AdminError(404, "tenant.unknown", f"no tenant {self.tenant!r}")
 
     async def _bucket(self, bucket: buckets.Bucket) -> Any:
         kv = self._kv.get(bucket.name)
@@ -80,14 +98,30 @@ class TrustAdmin:
         return kv
 
     # -- reads (never a secret's value) ------------------------------------------------------
+    async def _stored_keys(self, bucket: buckets.Bucket, tenant: str | None = None) -> list[str]:
+        """Every key the bucket's stream holds a message of (deleted ones too), of ``tenant`` only
+        when given. Read from the stream's subjects, not with nats-py's kv.keys(), whose watcher
+        can report "no more keys" before it has delivered them all: a listing, a quota count or a
+        tenant's deletion must not miss a record."""
+        scope = tenants.key_filter(tenant) if tenant is not None and bucket in buckets.TENANT_SCOPED else ">"
+        info = await self._js.stream_info(bucket.stream, subjects_filter=f"$KV.{bucket.name}.{scope}")
+        prefix = f"$KV.{bucket.name}."
+        return sorted(subject[len(prefix) :] for subject in (info.state.subjects or {}))
+
+    async def _candidates(self, bucket: buckets.Bucket) -> list[str]:
+        """This tenant's keys of ``bucket`` that may hold a record (every key, for the tenants bucket)."""
+        stored = await self._stored_keys(bucket, self.tenant)
+        if bucket not in buckets.TENANT_SCOPED:
+            return stored
+        return [key for owner, key in map(tenants.split_key, stored) if owner == self.tenant]
+
+    async def keys(self, bucket: buckets.Bucket) -> list[str]:
+        """This tenant's keys of ``bucket`` that hold a record now."""
+        return [key for key, _, _ in await self.entries(bucket)]
+
     async def entries(self, bucket: buckets.Bucket) -> list[tuple[str, int, Any]]:
-        kv = await self._bucket(bucket)
-        try:
-            keys = await kv.keys()
-        except Exception:  # nats-py raises NoKeysError for an empty bucket
-            return []
         out = []
-        for key in sorted(keys):
+        for key in await self._candidates(bucket):
             found = await self.entry(bucket, key)
             if found is not None:
                 out.append((key, found[0], found[1]))
@@ -98,7 +132,7 @@ class TrustAdmin:
     ) -> tuple[int, Any] | None:
         kv = await self._bucket(bucket)
         try:
-            entry = await kv.get(key, revision=revision)
+            entry = await kv.get(self._stored(bucket, key), revision=revision)
         except KeyNotFoundError:
             return None
         if entry.value is None or entry.operation in ("DEL", "PURGE"):
@@ -108,7 +142,7 @@ class TrustAdmin:
     async def history(self, bucket: buckets.Bucket, key: str) -> list[tuple[int, str, Any]]:
         kv = await self._bucket(bucket)
         try:
-            entries = await kv.history(key)
+            entries = await kv.history(self._stored(bucket, key))
         except Exception:
             return []
         out = []
@@ -123,12 +157,14 @@ class TrustAdmin:
     async def _write(
         self, bucket: buckets.Bucket, key: str, record: msgspec.Struct, actor: str, summary: dict[str, Any]
     ) -> Change:
+        await self._require_tenant()
         kv = await self._bucket(bucket)
-        previous = await self._revision(kv, key)
+        stored = self._stored(bucket, key)
+        previous = await self._revision(kv, stored)
         value = schemas.encode_json(record)
         try:
             revision = await (
-                kv.create(key, value) if previous == 0 else kv.update(key, value, last=previous)
+                kv.create(stored, value) if previous == 0 else kv.update(stored, value, last=previous)
             )
         except KeyWrongLastSequenceError:
             raise AdminError(
@@ -155,11 +191,12 @@ class TrustAdmin:
 
     async def delete(self, bucket: buckets.Bucket, key: str, actor: str) -> Change:
         kv = await self._bucket(bucket)
-        previous = await self._revision(kv, key)
+        stored = self._stored(bucket, key)
+        previous = await self._revision(kv, stored)
         if previous == 0:
             raise AdminError(404, "admin.not_found", f"{bucket.collection}/{key}")
-        await kv.delete(key)
-        revision = await self._last_revision(kv, key)
+        await kv.delete(stored)
+        revision = await self._last_revision(kv, stored)
         change = Change(bucket.collection, key, "delete", previous, revision)
         await self._event(change, actor, {})
         return change
@@ -176,7 +213,7 @@ class TrustAdmin:
         now = self._clock()
         event = schemas.AdminEvent(
             meta=schemas.RequestMeta(
-                request_id=f"admin-{uuid.uuid4().hex}", tee="", reply_to="", submitted_at=now
+                request_id=f"admin-{uuid.uuid4().hex}", tee="", reply_to="", submitted_at=now, tenant=self.tenant
             ),
             actor=actor,
             action=change.action,
@@ -187,11 +224,11 @@ class TrustAdmin:
             at=now,
             summary=summary,
         )
-        subject = schemas.admin_subject(change.collection)
+        subject = schemas.admin_subject(self.tenant, change.collection)
         await self._publisher.publish(
             subject,
             schemas.encode(event),
-            {"Nats-Msg-Id": f"{change.collection}:{change.key}:{change.revision}"},
+            {"Nats-Msg-Id": f"{self.tenant}:{change.collection}:{change.key}:{change.revision}"},
         )
 
     # -- policies ----------------------------------------------------------------------------
@@ -253,7 +290,10 @@ class TrustAdmin:
         if self._keyring is None:
             raise AdminError(503, "admin.no_kek", "this process holds no key-encryption key")
         binding = _check_binding(binding or {})
-        sealed = seal(self._keyring(), secret, path.encode())
+        await self._check_resource_quota(key)
+        # Sealed to the key it is stored under, which names the tenant: a record copied into
+        # another tenant's namespace does not open.
+        sealed = seal(self._keyring(), secret, self._stored(buckets.RESOURCES, key).encode())
         record = schemas.ResourceRecord(
             sealed=sealed, binding=binding, updated_by=actor, updated_at=self._clock()
         )
@@ -267,13 +307,72 @@ class TrustAdmin:
             raise AdminError(503, "admin.no_kek", "this process holds no key-encryption key")
         ring = self._keyring()
         count = 0
-        for key, _revision, record in await self.entries(buckets.RESOURCES):
-            if record.sealed.get("kid") == ring.current_kid:
+        for stored in await self._stored_keys(buckets.RESOURCES):  # every tenant's
+            tenant, key = tenants.split_key(stored)
+            if not tenant:
                 continue
-            record.sealed = rewrap(ring, record.sealed, key.encode())
-            await self._write(buckets.RESOURCES, key, record, actor, {"rewrapped_to": ring.current_kid})
+            view = self.for_tenant(tenant)
+            found = await view.entry(buckets.RESOURCES, key)
+            if found is None or found[1].sealed.get("kid") == ring.current_kid:
+                continue
+            record = found[1]
+            record.sealed = rewrap(ring, record.sealed, stored.encode())
+            await view._write(buckets.RESOURCES, key, record, actor, {"rewrapped_to": ring.current_kid})
             count += 1
         return count
+
+    async def _check_resource_quota(self, key: str) -> None:
+        record = await self.tenant_record(self.tenant)
+        if record is None or record.max_resources <= 0:
+            return
+        held = await self.keys(buckets.RESOURCES)
+        if key not in held and len(held) >= record.max_resources:
+            raise AdminError(
+                429, "quota.resources", f"tenant {self.tenant!r} stores {len(held)} of {record.max_resources} resources"
+            )
+
+    # -- tenants (the operator's) -------------------------------------------------------------
+    async def tenant_record(self, name: str) -> schemas.TenantRecord | None:
+        found = await self.entry(buckets.TENANTS, name)
+        return found[1] if found is not None else None
+
+    async def put_tenant(
+        self, name: str, actor: str, *, attestations_per_s: int = 0, max_resources: int = 0
+    ) -> Change:
+        try:
+            tenants.check_name(name, "name")
+        except tenants.BadTenant as exc:
+            raise AdminError(400, "admin.bad_key", str(exc)) from None
+        if name == tenants.DEFAULT:
+            raise AdminError(409, "tenant.reserved", "the default tenant always exists")
+        for label, value in (("attestations_per_s", attestations_per_s), ("max_resources", max_resources)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise AdminError(400, "admin.bad_request", f"{label}: a whole number >= 0 (0: no limit)")
+        existing = await self.tenant_record(name)
+        record = schemas.TenantRecord(
+            name=name,
+            created_by=existing.created_by if existing else actor,
+            created_at=existing.created_at if existing else self._clock(),
+            attestations_per_s=attestations_per_s,
+            max_resources=max_resources,
+        )
+        summary = {"name": name, "attestations_per_s": attestations_per_s, "max_resources": max_resources}
+        return await self.for_tenant(tenants.DEFAULT)._write(buckets.TENANTS, name, record, actor, summary)
+
+    async def delete_tenant(self, name: str, actor: str) -> tuple[Change, int]:
+        """The tenant and every record of it (its secrets first): (the change, records removed)."""
+        if name == tenants.DEFAULT:
+            raise AdminError(409, "tenant.reserved", "the default tenant cannot be deleted")
+        if not tenants.is_name(name) or await self.tenant_record(name) is None:
+            raise AdminError(404, "tenant.unknown", f"no tenant {name!r}")
+        view = self.for_tenant(name)
+        removed = 0
+        for bucket in (buckets.RESOURCES, *(b for b in buckets.TENANT_SCOPED if b is not buckets.RESOURCES)):
+            for key in await view.keys(bucket):
+                await view.delete(bucket, key, actor)
+                removed += 1
+        change = await self.for_tenant(tenants.DEFAULT).delete(buckets.TENANTS, name, actor)
+        return change, removed
 
     # -- revocations -------------------------------------------------------------------------
     async def revoke(self, kind: str, value: str, reason: str, actor: str) -> Change:
@@ -302,7 +401,9 @@ def _key(make: Callable[..., str], *parts: str) -> str:
         raise AdminError(400, "admin.bad_key", str(exc)) from None
 
 
-_BINDING_LISTS = ("tees", "measurements")
+# What a resource may be bound to: TEE types, launch measurements, init-data digests (the
+# workload's identity, as the guest's init-data hashes), and tenants whose tokens may have it.
+_BINDING_LISTS = ("tees", "measurements", "init_data", "tenants")
 
 
 def _check_binding(binding: dict[str, Any]) -> dict[str, Any]:
@@ -314,15 +415,25 @@ def _check_binding(binding: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise AdminError(400, "admin.bad_binding", f"binding.{name}: a list of strings")
             out[name] = [v.lower() for v in value]
+            if name == "init_data" and not all(_is_hex(v) for v in out[name]):
+                raise AdminError(400, "admin.bad_binding", "binding.init_data: digests in hex")
         elif name == "allow_sample":
             if not isinstance(value, bool):
                 raise AdminError(400, "admin.bad_binding", "binding.allow_sample: true or false")
             out[name] = value
         else:
             raise AdminError(
-                400, "admin.bad_binding", f"binding.{name}: unknown (tees, measurements, allow_sample)"
+                400, "admin.bad_binding", f"binding.{name}: unknown ({', '.join(_BINDING_LISTS)}, allow_sample)"
             )
     return out
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return len(text) >= 2
 
 
 def b64(data: bytes) -> str:

@@ -46,6 +46,14 @@ COMPARED_CLAIMS: Mapping[str, Mapping[str, str]] = {
     "az-snp-vtpm": {"measurement": "snp.measurement", "host_data": "snp.host_data", **_TPM_COMPARED},
     "az-tdx-vtpm": {"mr_td": "tdx.quote.body.mr_td", **_TPM_COMPARED},
     "gcp-vtpm": {"project_id": "gcp.project_id", **_TPM_COMPARED},
+    "cca": {
+        "rim": "cca.realm.rim",
+        **{f"rem{i}": f"cca.realm.rem{i}" for i in range(4)},
+        "rpv": "cca.realm.rpv",
+        "platform_config": "cca.platform.config",
+    },
+    # The image is matched when its measurement is recomputed (only approved images are tried).
+    "se": {"host_key_hash": "se.attestation_phkh"},
 }
 
 # Claims a revocation of each kind is matched against, per TEE.
@@ -59,6 +67,8 @@ REVOCATION_CLAIMS: Mapping[str, Mapping[str, str]] = {
     "az-snp-vtpm": {"measurement": "snp.measurement", "chip_id": "snp.chip_id"},
     "az-tdx-vtpm": {"measurement": "tdx.quote.body.mr_td", "fmspc": "tdx.fmspc"},
     "gcp-vtpm": {"chip_id": "tpm.ak.sha256"},
+    "cca": {"measurement": "cca.realm.rim", "chip_id": "cca.platform.instance_id"},
+    "se": {"measurement": "se.tag", "chip_id": "se.attestation_phkh"},
 }
 
 

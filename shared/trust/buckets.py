@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from nats.js import api as js_api
 
-from shared import schemas
+from shared import schemas, tenants
 
 HISTORY = 64  # revisions kept per key (the most JetStream allows)
 
@@ -33,16 +33,30 @@ REFVALS = Bucket("remits_refvals", "reference-values", schemas.ReferenceValueRec
 RESOURCES = Bucket("remits_resources", "resources", schemas.ResourceRecord)
 REVOCATIONS = Bucket("remits_revocations", "revocations", schemas.RevocationRecord)
 ADMIN_KEYS = Bucket("remits_admin_keys", "admin-keys", schemas.AdminKeyRecord)
-ALL: tuple[Bucket, ...] = (POLICIES, REFVALS, RESOURCES, REVOCATIONS, ADMIN_KEYS)
+# The tenants (shared.tenants) and their quotas; the operator's alone to change. The others hold
+# every tenant's records, each under its tenant's key prefix.
+TENANTS = Bucket("remits_tenants", "tenants", schemas.TenantRecord)
+ALL: tuple[Bucket, ...] = (POLICIES, REFVALS, RESOURCES, REVOCATIONS, ADMIN_KEYS, TENANTS)
+TENANT_SCOPED: tuple[Bucket, ...] = (POLICIES, REFVALS, RESOURCES, REVOCATIONS, ADMIN_KEYS)
+# Not trust configuration but durable all the same: confidential clusters' membership, written by
+# the join service alone (services/join).
+CLUSTERS = Bucket("remits_clusters", "clusters", schemas.ClusterMember)
+OPERATIONAL: tuple[Bucket, ...] = (CLUSTERS,)
 BY_COLLECTION = {b.collection: b for b in ALL}
 BY_NAME = {b.name: b for b in ALL}
 
 # What each component reads (and mirrors): nothing else is visible to it.
 READERS: dict[str, tuple[Bucket, ...]] = {
+    # The gateway admits a guest only to a tenant that exists, within the tenant's quota.
+    "gateway": (TENANTS,),
     # Identity reads a SEV workload's registered guest policy before it opens a launch session.
-    "identity": (REFVALS,),
-    "measure": (POLICIES, REFVALS, REVOCATIONS),
-    "release": (POLICIES, RESOURCES, REVOCATIONS),
+    "identity": (REFVALS, TENANTS),
+    "measure": (POLICIES, REFVALS, REVOCATIONS, TENANTS),
+    # Decide holds an EAR signing key per tenant.
+    "decide": (TENANTS,),
+    "release": (POLICIES, RESOURCES, REVOCATIONS, TENANTS),
+    # The join service evicts a cluster member the moment its chip, measurement or token is revoked.
+    "join": (REVOCATIONS,),
     "provision": ALL,
 }
 WRITERS = ("provision",)
@@ -88,6 +102,10 @@ _NAME = re.compile(r"^[a-z0-9_][a-z0-9_.-]{0,127}$")
 _PATH_PART = re.compile(r"^[A-Za-z0-9_=-][A-Za-z0-9_.=-]{0,127}$")
 _HEX = re.compile(r"^[0-9a-f]{2,256}$")
 REVOCATION_KINDS = ("measurement", "chip_id", "fmspc", "token_id")
+# Revocations of hardware, not of a workload: a chip or a TCB level (FMSPC) that the default
+# tenant (the platform team's namespace) revokes is revoked for every tenant, whose guests run on
+# the same machines. Measurements and token ids stay each tenant's own.
+PLATFORM_REVOCATION_KINDS = ("chip_id", "fmspc")
 
 
 class BadKey(ValueError):
@@ -130,6 +148,8 @@ def resource_key(path: str) -> str:
     parts = path.split("/")
     if len(parts) != 3 or not all(_PATH_PART.match(p) and ".." not in p for p in parts):
         raise BadKey("resource_path", f"{path!r}: expected <repository>/<type>/<tag>")
+    if tenants.reserved_key(path):
+        raise BadKey("resource_path", f"{path!r}: a repository may not start with 't=' (tenant keys do)")
     return path
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
+from shared import tenants
 from shared.trust import buckets
 from shared.trust.snapshot import TrustSnapshot, build_snapshot
 
@@ -65,10 +66,17 @@ async def bucket_at(
     return state
 
 
-async def snapshot_at(js: JetStreamContext, revisions: Mapping[str, int]) -> TrustSnapshot:
-    raw = {}
+async def snapshot_at(
+    js: JetStreamContext, revisions: Mapping[str, int], tenant: str = tenants.DEFAULT
+) -> TrustSnapshot:
+    """``tenant``'s configuration at the given bucket revisions."""
+    raw: dict[str, dict[str, tuple[int, bytes]]] = {}
     for name, revision in revisions.items():
         bucket = buckets.BY_NAME.get(name)
         if bucket is not None:
-            raw[name] = await bucket_at(js, bucket, revision)
-    return build_snapshot(raw, revisions)
+            raw[name] = {}
+            for stored, value in (await bucket_at(js, bucket, revision)).items():
+                owner, key = tenants.split_key(stored)
+                if owner == tenant:
+                    raw[name][key] = value
+    return build_snapshot(raw, revisions, tenant=tenant)

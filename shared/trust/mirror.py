@@ -12,9 +12,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
+from shared import tenants
 from shared.telemetry import get_logger
 from shared.trust import buckets
-from shared.trust.snapshot import TrustSnapshot, build_snapshot
+from shared.trust.snapshot import TrustSnapshot, build_snapshots
 
 log = get_logger("remits.trust")
 _OPERATION = "KV-Operation"
@@ -33,7 +34,7 @@ class TrustMirror:
         self._revisions: dict[str, int] = {b.name: 0 for b in self._buckets}
         self._subs: dict[str, object] = {}
         self._version = 0  # bumped by every change
-        self._snapshot = TrustSnapshot()
+        self._snapshots: dict[str, TrustSnapshot] = {tenants.DEFAULT: TrustSnapshot()}
         self._snapshot_version = 0
         self._listeners: list[Callable[[], None]] = []
         self._check_every_s = check_every_s
@@ -161,13 +162,18 @@ class TrustMirror:
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
-    def snapshot(self) -> TrustSnapshot:
-        """The configuration as of the last change received; built at most once per change."""
+    def snapshot(self, tenant: str = tenants.DEFAULT) -> TrustSnapshot:
+        """``tenant``'s configuration as of the last change received (built at most once per
+        change); a tenant that does not exist gets an empty snapshot that says so (``known``)."""
         if self._snapshot_version != self._version:
             version = self._version
-            self._snapshot = build_snapshot(self._raw, self._revisions)
+            self._snapshots = build_snapshots(self._raw, self._revisions)
             self._snapshot_version = version
-        return self._snapshot
+        found = self._snapshots.get(tenant)
+        if found is None:
+            default = self._snapshots[tenants.DEFAULT]
+            return TrustSnapshot(tenants=default.tenants, tenant=tenant, revisions=default.revisions)
+        return found
 
     async def stop(self) -> None:
         self._closing.set()
@@ -187,13 +193,18 @@ async def ensure_buckets(js: JetStreamContext, replicas: int = 1, *, resize: boo
     stream KV_<name>, whose replica count JetStream updates in place."""
     from nats.js.errors import BucketNotFoundError
 
-    for bucket in buckets.ALL:
+    from shared.bus import patiently
+
+    async def ensure(bucket: buckets.Bucket) -> None:
         try:
             await js.key_value(bucket.name)
         except BucketNotFoundError:
             await js.create_key_value(buckets.kv_config(bucket, replicas))
-            continue
+            return
         config = (await js.stream_info(bucket.stream)).config
         if resize and config.num_replicas != replicas:
             config.num_replicas = replicas
             await js.update_stream(config)
+
+    for bucket in (*buckets.ALL, *buckets.OPERATIONAL):
+        await patiently(lambda b=bucket: ensure(b))

@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 import msgspec
 
 from shared import schemas
+from shared import tenants as tenants_
 from shared.telemetry import get_logger
 from shared.trust import buckets
 
@@ -43,10 +44,23 @@ class TrustSnapshot:
     resources: Mapping[str, Entry[schemas.ResourceRecord]] = field(default_factory=dict)
     revocations: Mapping[tuple[str, str], Entry[schemas.RevocationRecord]] = field(default_factory=dict)
     admin_keys: Mapping[str, Entry[schemas.AdminKeyRecord]] = field(default_factory=dict)
+    # Every tenant that exists (the same in each tenant's snapshot); the default tenant always does.
+    tenants: Mapping[str, Entry[schemas.TenantRecord]] = field(default_factory=dict)
+    tenant: str = tenants_.DEFAULT  # whose records the maps above hold (keys within the tenant)
     # Keys whose value did not decode: a broken policy must not silently become the default.
     broken: frozenset[str] = frozenset()
     # The last revision seen of each bucket (by bucket name): what replay rebuilds.
     revisions: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def known(self) -> bool:
+        """Whether this snapshot's tenant exists (the default tenant always does)."""
+        return self.tenant == tenants_.DEFAULT or self.tenant in self.tenants
+
+    @property
+    def tenant_record(self) -> schemas.TenantRecord | None:
+        entry = self.tenants.get(self.tenant)
+        return entry.record if entry is not None else None
 
 
 def _decode(bucket: buckets.Bucket, raw: RawBucket) -> tuple[dict[str, Entry[object]], set[str]]:
@@ -64,11 +78,45 @@ def _decode(bucket: buckets.Bucket, raw: RawBucket) -> tuple[dict[str, Entry[obj
     return entries, broken
 
 
-def build_snapshot(raw: Mapping[str, RawBucket], revisions: Mapping[str, int]) -> TrustSnapshot:
-    """Pure: the snapshot of the given raw bucket contents (bucket name -> key -> value)."""
+def build_snapshots(raw: Mapping[str, RawBucket], revisions: Mapping[str, int]) -> dict[str, TrustSnapshot]:
+    """Pure: each tenant's snapshot of the given raw bucket contents (bucket name -> stored key ->
+    value): its records under the keys it names them by. A tenant with records but no tenant
+    record (deleted) gets no snapshot: nothing of it is read any more."""
+    split: dict[str, dict[str, dict[str, tuple[int, bytes]]]] = {}
+    for bucket in buckets.TENANT_SCOPED:
+        for stored, value in raw.get(bucket.name, {}).items():
+            tenant, key = tenants_.split_key(stored)
+            if tenant:
+                split.setdefault(tenant, {}).setdefault(bucket.name, {})[key] = value
+    tenant_entries, bad = _decode(buckets.TENANTS, raw.get(buckets.TENANTS.name, {}))
+    known = {key: entry for key, entry in tenant_entries.items() if tenants_.is_name(key)}
+    default = build_snapshot(split.get(tenants_.DEFAULT, {}), revisions, tenants=known, broken=bad)  # type: ignore[arg-type]
+    platform = {k: e for k, e in default.revocations.items() if k[0] in buckets.PLATFORM_REVOCATION_KINDS}
+    snapshots = {
+        tenant: build_snapshot(
+            split.get(tenant, {}), revisions, tenant=tenant, tenants=known, broken=bad, inherited=platform  # type: ignore[arg-type]
+        )
+        for tenant in known
+    }
+    snapshots[tenants_.DEFAULT] = default
+    return snapshots
+
+
+def build_snapshot(
+    raw: Mapping[str, RawBucket],
+    revisions: Mapping[str, int],
+    *,
+    tenant: str = tenants_.DEFAULT,
+    tenants: Mapping[str, Entry[schemas.TenantRecord]] | None = None,
+    broken: set[str] | None = None,
+    inherited: Mapping[tuple[str, str], Entry[schemas.RevocationRecord]] | None = None,
+) -> TrustSnapshot:
+    """Pure: the snapshot of one tenant's raw bucket contents (bucket name -> key -> value);
+    ``broken`` names records already found unreadable elsewhere (the tenants bucket's);
+    ``inherited``: revocations that hold for this tenant too (the default tenant's hardware ones)."""
     decoded: dict[str, dict[str, Entry[object]]] = {}
-    broken: set[str] = set()
-    for bucket in buckets.ALL:
+    broken = set(broken or ())
+    for bucket in buckets.TENANT_SCOPED:
         entries, bad = _decode(bucket, raw.get(bucket.name, {}))
         decoded[bucket.name] = entries
         broken |= bad
@@ -77,7 +125,7 @@ def build_snapshot(raw: Mapping[str, RawBucket], revisions: Mapping[str, int]) -
         record = entry.record
         assert isinstance(record, schemas.ReferenceValueRecord)
         refvals.setdefault((record.tee, record.name), []).append(entry)  # type: ignore[arg-type]
-    revocations = {}
+    revocations = dict(inherited or {})
     for entry in decoded[buckets.REVOCATIONS.name].values():
         record = entry.record
         assert isinstance(record, schemas.RevocationRecord)
@@ -88,6 +136,8 @@ def build_snapshot(raw: Mapping[str, RawBucket], revisions: Mapping[str, int]) -
         resources=decoded[buckets.RESOURCES.name],  # type: ignore[arg-type]
         revocations=revocations,  # type: ignore[arg-type]
         admin_keys=decoded[buckets.ADMIN_KEYS.name],  # type: ignore[arg-type]
+        tenants=dict(tenants or {}),
+        tenant=tenant,
         broken=frozenset(broken),
         revisions=dict(revisions),
     )

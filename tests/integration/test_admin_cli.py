@@ -251,3 +251,40 @@ async def test_kek_rotation_keeps_every_secret_released(operated, monkeypatch, c
     # --local changes the store as the operator without an admin key, e.g. to list what is there.
     code, out, _ = await remits(monkeypatch, capsys, "resource", "list", *local(rs))
     assert code == 0 and sorted(json.loads(out)) == sorted([RESOURCE, "team/key/after"])
+
+
+async def test_tenant_commands_and_the_tenant_flag(operated, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`remits tenant create|list|get|delete` and `--tenant` on the trust commands, over HTTP as
+    the operator and with --local; each tenant's records stay its own."""
+    rs, admin_key, _ = operated
+    http = ("--url", rs.url, "--key", str(admin_key))
+    code, out, err = await remits(monkeypatch, capsys, "tenant", "create", "team-c", "--attestations-per-s", "50", *http)
+    assert code == 0, err
+    assert json.loads(out)["name"] == "team-c"
+    code, out, _ = await remits(monkeypatch, capsys, "tenant", "list", *http)
+    listed = {t["name"]: t for t in json.loads(out)}
+    assert set(listed) == {"default", "team-c"} and listed["team-c"]["attestations_per_s"] == 50
+    secret = rs.settings.data_dir / "c.secret"
+    secret.write_bytes(b"team c's secret")
+    code, _, err = await remits(
+        monkeypatch, capsys, "resource", "put", "c/key/one", "--file", str(secret), "--allow-sample",
+        "--init-data", "ab" * 32, "--tenant", "team-c", *http,
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, _ = await remits(monkeypatch, capsys, "resource", "list", "--tenant", "team-c", *http)
+    assert json.loads(out) == ["c/key/one"]
+    code, out, _ = await remits(monkeypatch, capsys, "resource", "list", *http)  # the default tenant's
+    assert "c/key/one" not in json.loads(out)
+    code, out, _ = await remits(monkeypatch, capsys, "resource", "get", "c/key/one", "--tenant", "team-c", *http)
+    assert json.loads(out)["binding"]["init_data"] == ["ab" * 32]
+    # --local reaches the same tenant's records as the operator.
+    local = ("--local", "--data-dir", str(rs.settings.data_dir), "--nats", rs.infra.nats_url,
+             "--credentials-dir", str(rs.infra.credentials_dir))  # fmt: skip
+    code, out, err = await remits(monkeypatch, capsys, "resource", "list", "--tenant", "team-c", *local)
+    assert code == 0 and json.loads(out) == ["c/key/one"], err
+    code, _, err = await remits(monkeypatch, capsys, "resource", "list", "--tenant", "team-z", *http)
+    assert code == 1 and "tenant.unknown" in err
+    code, out, err = await remits(monkeypatch, capsys, "tenant", "delete", "team-c", *http)
+    assert code == 0 and json.loads(out)["records_removed"] == 1, err
+    code, _, err = await remits(monkeypatch, capsys, "tenant", "get", "team-c", *http)
+    assert code == 1 and "tenant.unknown" in err

@@ -26,7 +26,7 @@ from tests.conftest import RESOURCE, RunningStack, decisions_on_stream, publishe
 pytestmark = pytest.mark.integration
 
 APPRAISAL, REJECTION = schemas.APPRAISAL_SUBJECT, schemas.REJECTION_SUBJECT
-DECISION = "remits.decision.sample.affirming"
+DECISION = "remits.decision.default.sample.affirming"
 PROBES = (
     "remits.stage.intake", "remits.stage.endorse", "remits.stage.identity", "remits.stage.measure", APPRAISAL,
     REJECTION, DECISION, "remits.outcome.somegateway", schemas.RESOURCE_SUBJECT, "remits.dlq.intake",

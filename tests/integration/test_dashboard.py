@@ -207,7 +207,7 @@ async def test_dashboard_shows_the_fleet_live(infra, tmp_path) -> None:  # type:
                                       detail=hostile, claims={"snp.note": hostile})  # fmt: skip
             from shared.bus import Publish
 
-            await publisher.send(Publish(schemas.decision_subject("snp", "rejected"), forged, "f" * 32 + ":decide"), "x")
+            await publisher.send(Publish(schemas.decision_subject("default", "snp", "rejected"), forged, "f" * 32 + ":decide"), "x")
             await nc.close()
             await _wait_for(page, "total-decided", "21")
             await page.locator(f"#recent tbody tr[data-request-id='{'f' * 32}']").click()

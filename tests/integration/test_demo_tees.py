@@ -1,4 +1,4 @@
-"""`remits demo --tee ...` for the TEEs whose trust is not a vendor report alone: the whole flow
+"""`remits demo --tee ...` for the TEEs whose trust is not a vendor report alone (and CCA, SE): the whole flow
 through a real `remits up`-style stack, each bad kind refused for its own reason."""
 
 from __future__ import annotations
@@ -32,6 +32,21 @@ EXPECTED_REASONS = {
         "tampered": "gcp.ak_cert_chain",
         "unknown_device": "gcp.ak_cert_chain",
         "wrong_measurement": "measurement.not_in_reference_values",
+    },
+    # Realms on simulated CCA platforms: a tampered token's realm token is bound to another RAK;
+    # an unknown device is a platform whose CPAK no trust anchor holds.
+    "cca": {
+        "replayed": "nonce.replayed",
+        "tampered": "cca.realm.binding",
+        "unknown_device": "endorsement.not_found",
+        "wrong_measurement": "measurement.not_in_reference_values",
+    },
+    # SE guests: a foreign machine cannot open the request; another image or a flipped bit fails the HMAC.
+    "se": {
+        "replayed": "nonce.replayed",
+        "tampered": "se.measurement",
+        "unknown_device": "se.measurement",
+        "wrong_measurement": "se.measurement",
     },
 }
 

@@ -163,7 +163,7 @@ async def test_bad_requests_get_4xx_with_a_reason_and_service_continues(running:
         assert status == 415 and "application/json" in body["detail"]
         status, body = await post("/kbs/v0/auth", b'{"version":"0.4.0","tee":"nosuchtee","extra-params":{}}')
         assert status == 400 and "nosuchtee" in body["detail"]
-        status, body = await post("/kbs/v0/auth", b'{"version":"0.4.0","tee":"cca","extra-params":{}}')
+        status, body = await post("/kbs/v0/auth", b'{"version":"0.4.0","tee":"csv","extra-params":{}}')
         assert status == 400 and body["type"].endswith("/UnsupportedTee")
         status, body = await post("/kbs/v0/auth", b'{"version":"0.1.0","tee":"sample","extra-params":{}}')
         assert status == 400

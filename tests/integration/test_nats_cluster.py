@@ -226,8 +226,9 @@ async def test_remits_up_with_a_nats_cluster_serves_and_stops_cleanly(tmp_path: 
         )  # fmt: skip
     try:
         assert proc.stdout is not None
-        ready = (await asyncio.wait_for(proc.stdout.readline(), 45)).decode()
-        assert ready.strip() == f"REMITS gateway ready at http://127.0.0.1:{port}"
+        ready = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        # On failure, what `remits up` logged says why (CI shows only the assertion).
+        assert ready.strip() == f"REMITS gateway ready at http://127.0.0.1:{port}", _tail(tmp_path / "up.log")
         details = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
         urls = re.search(r"nats=(\S+)", details).group(1).split(",")  # type: ignore[union-attr]
         assert len(urls) == 3 and all(re.fullmatch(r"nats://127\.0\.0\.1:\d+", u) for u in urls), details
@@ -259,10 +260,17 @@ async def test_remits_up_with_a_nats_cluster_serves_and_stops_cleanly(tmp_path: 
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert await asyncio.wait_for(proc.wait(), 30) == 0, _tail(tmp_path / "up.log")
     await asyncio.sleep(0.5)
     leftovers = [int(p) for p in os.listdir("/proc") if p.isdigit() and str(tmp_path) in _cmdline(int(p))]
     assert [p for p in leftovers if pid_alive(p)] == []
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def _cmdline(pid: int) -> str:

@@ -190,7 +190,7 @@ async def test_the_duplicate_window_drops_a_republished_stage_message(running: R
         before = (await js.stream_info(schemas.DECISION_STREAM)).state.last_seq
         meta = schemas.RequestMeta(request_id="dup-" + uuid.uuid4().hex[:8], tee="sample", reply_to="", submitted_at=0.0)
         decision = schemas.Decision(meta=meta, status="rejected", decided_at=0.0, reason="test.dup")
-        item = Publish(schemas.decision_subject("sample", "rejected"), decision, f"{meta.request_id}:decision")
+        item = Publish(schemas.decision_subject("default", "sample", "rejected"), decision, f"{meta.request_id}:decision")
         for _ in range(3):  # a stage redelivered twice publishes the same message three times
             await publisher.send(item, meta.request_id)
         assert (await js.stream_info(schemas.DECISION_STREAM)).state.last_seq == before + 1

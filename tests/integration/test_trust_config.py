@@ -219,7 +219,7 @@ async def test_every_admin_auth_failure_changes_nothing(infra, tmp_path, admin_k
         after = await bucket_state(rs)
         assert after[buckets.RESOURCES.name] == before[buckets.RESOURCES.name] + 1
         assert after["events"] == before["events"] + 1
-        msg = await rs.stack.js.get_last_msg(schemas.DECISION_STREAM, schemas.admin_subject("resources"))
+        msg = await rs.stack.js.get_last_msg(schemas.DECISION_STREAM, schemas.admin_subject("default", "resources"))
         event = schemas.decode_stage(msg.data)
         assert isinstance(event, schemas.AdminEvent)
         assert event.actor.startswith("alice (") and event.key == "evil/key/x" and event.action == "put"

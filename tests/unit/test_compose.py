@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 from services import cli
+from services.join.config import load_clusters
 from services.runtime import COMPONENTS
+from shared import credentials
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +27,11 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 CONFIG_SOURCES = (ROOT / "shared" / "config.py", ROOT / "shared" / "telemetry.py")
 INFRA = ("nats", "redis")
+# The join service of confidential clusters runs only with the compose profile `clusters`
+# (`docker compose --profile clusters up`); everything else runs on a plain `docker compose up`.
+JOIN = credentials.JOIN
+CLUSTERS_PROFILE = "clusters"
+DEPLOYED = (*COMPONENTS, JOIN)
 
 
 @pytest.fixture(scope="module")
@@ -144,12 +151,13 @@ def test_no_obsolete_version_key(compose: dict[str, Any]) -> None:
 
 def test_stage_services_are_exactly_the_components(services: dict[str, dict[str, Any]]) -> None:
     workers = {name for name, svc in services.items() if svc.get("command") and _command(svc)[0] == "worker"}
-    assert workers == set(COMPONENTS)
+    assert workers == set(DEPLOYED)
     stages = {cli.build_parser().parse_args(_command(services[name])).stage for name in workers}
-    assert stages == set(COMPONENTS), "every component must run exactly once, under its own service name"
+    assert stages == set(DEPLOYED), "every component must run exactly once, under its own service name"
+    assert set(credentials.COMPONENTS) == {*DEPLOYED, credentials.ADMIN}
 
 
-@pytest.mark.parametrize("stage", COMPONENTS)
+@pytest.mark.parametrize("stage", DEPLOYED)
 def test_component_runs_its_own_worker(services: dict[str, dict[str, Any]], stage: str) -> None:
     args = cli.build_parser().parse_args(_command(services[stage]))
     assert args.command == "worker"
@@ -159,7 +167,7 @@ def test_component_runs_its_own_worker(services: dict[str, dict[str, Any]], stag
 
 
 def test_all_remits_services_share_one_image_build(services: dict[str, dict[str, Any]]) -> None:
-    builds = {name: _build(services[name]) for name in (*COMPONENTS, "setup")}
+    builds = {name: _build(services[name]) for name in (*DEPLOYED, "setup")}
     assert len(set(builds.values())) == 1, builds
     context, dockerfile = next(iter(builds.values()))
     assert context == ROOT
@@ -168,7 +176,7 @@ def test_all_remits_services_share_one_image_build(services: dict[str, dict[str,
     assert len(images) == 1, f"services built from the same context should share one image tag: {images}"
 
 
-@pytest.mark.parametrize("name", (*COMPONENTS, "setup"))
+@pytest.mark.parametrize("name", (*DEPLOYED, "setup"))
 def test_env_points_at_the_nats_and_redis_services(
     services: dict[str, dict[str, Any]], name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,7 +196,7 @@ def test_env_points_at_the_nats_and_redis_services(
 def test_every_remits_service_sees_the_same_wiring(services: dict[str, dict[str, Any]]) -> None:
     keys = ("REMITS_NATS_URL", "REMITS_REDIS_URL", "REMITS_DATA_DIR")
     wiring = {
-        name: tuple(_effective_env(services[name]).get(k) for k in keys) for name in (*COMPONENTS, "setup")
+        name: tuple(_effective_env(services[name]).get(k) for k in keys) for name in (*DEPLOYED, "setup")
     }
     assert len(set(wiring.values())) == 1, wiring
 
@@ -197,7 +205,7 @@ def test_components_share_one_data_volume(
     compose: dict[str, Any], services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: set[tuple[str, str]] = set()
-    for stage in COMPONENTS:
+    for stage in DEPLOYED:
         svc = services[stage]
         _, settings = _container_settings(svc, monkeypatch)
         data_dir = str(settings.data_dir)
@@ -214,7 +222,7 @@ def test_components_share_one_data_volume(
     assert re.search(rf"\bchown\b.*{re.escape(data_dir)}", _dockerfile_text())
 
 
-@pytest.mark.parametrize("stage", COMPONENTS)
+@pytest.mark.parametrize("stage", DEPLOYED)
 def test_component_waits_for_infra_and_setup(services: dict[str, dict[str, Any]], stage: str) -> None:
     deps = _depends_on(services[stage])
     assert {"nats", "redis", "setup"} <= set(deps)
@@ -252,15 +260,16 @@ def test_gateway_publishes_its_listen_port(
     ports = _ports(gateway)
     assert (8080, settings.http_port) in ports
     assert settings.http_port == 8080
-    # Only the gateway is reachable from outside.
+    # Only the gateway (and the join service, below) is reachable from outside.
     for name, svc in services.items():
-        if name != "gateway":
+        if name not in ("gateway", JOIN):
             assert not svc.get("ports"), f"{name} should not publish ports"
 
 
 def test_single_instance_services_are_not_replicated(services: dict[str, dict[str, Any]]) -> None:
     # audit appends to one file; the gateway publishes a fixed host port.
-    for name in ("audit", "gateway"):
+    # join: every replica would sweep the members, and it publishes a fixed host port.
+    for name in ("audit", "gateway", JOIN):
         assert (services[name].get("deploy") or {}).get("replicas", 1) == 1
 
 
@@ -354,8 +363,10 @@ def _credential_subpaths(svc: dict[str, Any]) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("component", [c for c in COMPONENTS])
-def test_each_component_mounts_only_its_own_credentials(services: dict[str, dict[str, Any]], component: str) -> None:
+@pytest.mark.parametrize("component", DEPLOYED)
+def test_each_component_mounts_only_its_own_credentials(
+    services: dict[str, dict[str, Any]], component: str
+) -> None:
     assert _credential_subpaths(services[component]) == [component]
     assert services[component]["environment"]["REMITS_CREDENTIALS_DIR"] == "/credentials"
 
@@ -372,3 +383,69 @@ def test_servers_load_the_users_and_the_operator_sets_up(services: dict[str, dic
     assert _credential_subpaths(services["setup"]) == ["admin"]
     for server in ("nats", "redis"):
         assert services[server]["depends_on"]["creds"]["condition"] == "service_completed_successfully"
+
+
+# -- the join service (profile `clusters`) and identity's IBM Secure Execution directory ---------
+
+
+def _profiles(svc: dict[str, Any]) -> list[str]:
+    return [str(p) for p in svc.get("profiles") or []]
+
+
+def test_join_runs_only_with_the_clusters_profile(services: dict[str, dict[str, Any]]) -> None:
+    assert _profiles(services[JOIN]) == [CLUSTERS_PROFILE]
+    # A plain `docker compose up` is unchanged: every other service is in no profile.
+    for name, svc in services.items():
+        if name != JOIN:
+            assert not _profiles(svc), f"{name} should run without a profile"
+    # Nothing in the default set depends on it (Compose would refuse, or start it anyway).
+    for name, svc in services.items():
+        assert JOIN not in _depends_on(svc), name
+
+
+def test_join_listens_on_its_published_port_with_its_clusters(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    join = services[JOIN]
+    _, settings = _container_settings(join, monkeypatch)
+    assert settings.join_host == "0.0.0.0", "the join service must listen on all interfaces in the container"
+    assert settings.join_port == Settings().join_port == 8443
+    assert _ports(join) == [(settings.join_port, settings.join_port)]
+    # The clusters file (REMITS_JOIN_CLUSTERS), bind-mounted read-only from the repo, parses.
+    clusters = settings.join_clusters_path
+    assert clusters is not None and _effective_env(join)["REMITS_JOIN_CLUSTERS"] == str(clusters)
+    binds = {target: source for target, source in _volume_mounts(join).items() if source.startswith("./")}
+    source = binds[str(clusters.parent)]
+    spec = next(v for v in join["volumes"] if isinstance(v, str) and v.split(":")[1] == str(clusters.parent))
+    assert spec.endswith(":ro")
+    host_file = COMPOSE_FILE.parent / source / clusters.name
+    assert host_file.is_file()
+    assert load_clusters(host_file) == {}  # as shipped: no cluster, every join refused
+    # The join key lands in the shared data volume, where the gateway's JWKS finds it.
+    assert (
+        _volume_mounts(join)[str(settings.data_dir)]
+        == _volume_mounts(services["gateway"])[str(settings.data_dir)]
+    )
+
+
+def test_identity_mounts_the_se_directory(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identity = services["identity"]
+    _, settings = _container_settings(identity, monkeypatch)
+    assert settings.se_dir is not None and str(settings.se_dir) == "/etc/remits/se"
+    spec = next(
+        v for v in identity["volumes"] if isinstance(v, str) and v.split(":")[1] == str(settings.se_dir)
+    )
+    source, _, mode = spec.split(":")
+    assert mode == "ro"
+    assert (COMPOSE_FILE.parent / source).is_dir(), "Docker would create a missing bind source as root"
+    # The same wiring as every other component (the anchor is merged, not replaced).
+    assert {k: v for k, v in _environment(identity).items() if k != "REMITS_SE_DIR"} == _environment(
+        services["intake"]
+    )
+    # Its SE session key comes with its own credentials (shared/credentials.py), nobody else's.
+    assert credentials.SE_KEY_HOLDERS == ("identity",)
+    for name in DEPLOYED:
+        if name != "identity":
+            assert "REMITS_SE_DIR" not in _environment(services[name]), name

@@ -22,7 +22,8 @@ def test_permissions_are_the_narrowest_each_component_needs() -> None:
     }
     assert publishers_of[schemas.APPRAISAL_SUBJECT] == {"measure", "admin"}
     assert publishers_of["remits.decision.>"] == {"decide", "admin"}
-    assert publishers_of[schemas.stage_subject("intake")] == {"gateway", "admin"}
+    # The two front doors: KBS guests through the gateway, cluster nodes through the join service.
+    assert publishers_of[schemas.stage_subject("intake")] == {"gateway", "join", "admin"}
     for component in credentials.COMPONENTS:
         if component == "admin":
             continue
@@ -40,11 +41,15 @@ def test_permissions_are_the_narrowest_each_component_needs() -> None:
         "remits_policies": {"measure", "release", "provision"},
         "remits_refvals": {"identity", "measure", "provision"},  # identity: a SEV workload's policy
         "remits_resources": {"release", "provision"},
-        "remits_revocations": {"measure", "release", "provision"},
+        "remits_revocations": {"measure", "release", "provision", "join"},
         "remits_admin_keys": {"provision"},
     }
     writers = {c for c, p in perms.items() for s in p["publish"]["allow"] if s.startswith("$KV.")}
-    assert writers == {"provision"}
+    assert writers == {"provision", "join"}
+    # The join service writes its membership bucket and nothing of the trust configuration.
+    assert [s for s in perms["join"]["publish"]["allow"] if s.startswith("$KV.")] == ["$KV.remits_clusters.>"]
+    assert {c for c, p in perms.items() if "$JS.API.DIRECT.GET.KV_remits_clusters" in p["publish"]["allow"]} == {"join"}
+    assert perms["join"]["publish"]["allow"].count("remits.cluster.*.evicted") == 1
     assert {c for c, p in perms.items() if schemas.ADMIN_REQUEST_SUBJECT in p["publish"]["allow"]} == {"gateway"}
     assert perms["provision"]["subscribe"]["allow"].count(schemas.ADMIN_REQUEST_SUBJECT) == 1
     with pytest.raises(ValueError):
@@ -54,7 +59,10 @@ def test_permissions_are_the_narrowest_each_component_needs() -> None:
 def test_keys_go_to_exactly_the_accepted_senders() -> None:
     assert credentials.ACCEPTS["decide"] == {"intake", "endorse", "identity", "measure", "decide"}
     assert credentials.EXPECTS["decide"]["appraised_evidence"] == {"measure"}
-    assert credentials.ACCEPTS["intake"] == {"gateway"} and credentials.ACCEPTS["admin"] == frozenset()
+    assert credentials.ACCEPTS["intake"] == {"gateway", "join"} and credentials.ACCEPTS["admin"] == frozenset()
+    # The join service takes release's answers and the gateway's statement requests, nothing else.
+    assert credentials.ACCEPTS["join"] == {"release", "gateway"}
+    assert credentials.EXPECTS["release"]["resource_request"] == {"gateway", "join"}
 
 
 def test_redis_rules() -> None:
@@ -82,6 +90,12 @@ def test_generated_files(tmp_path: Path) -> None:
     credentials.export_per_component(directory, split)
     assert sorted(p.name for p in (split / "measure").iterdir()) == ["measure.json", "measure.nk", "sev-session-key.hex"]
     assert sorted(p.name for p in (split / "endorse").iterdir()) == ["endorse.json", "endorse.nk"]
+    # The SE key (it derives and checks every SE measurement key) is identity's alone.
+    assert sorted(p.name for p in (split / "identity").iterdir()) == [
+        "identity.json", "identity.nk", "se-session-key.hex", "sev-session-key.hex"
+    ]
+    assert credentials.load(directory, "identity").se_key_path is not None
+    assert all(credentials.load(directory, c).se_key_path is None for c in credentials.COMPONENTS if c != "identity")
     alone, whole = credentials.load(split / "measure", "measure"), credentials.load(directory, "measure")
     assert (alone.bus_key, alone.peer_bus_keys, alone.redis_password, alone.nats_public_key) == (
         whole.bus_key, whole.peer_bus_keys, whole.redis_password, whole.nats_public_key

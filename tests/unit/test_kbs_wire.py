@@ -108,13 +108,13 @@ def test_decode_request_rejects(body: bytes, path: str) -> None:
 
 
 def test_tee_sets() -> None:
-    assert {"sample", "snp", "tdx", "sgx", "tpm", "az-snp-vtpm", "az-tdx-vtpm", "gcp-vtpm", "sev"} == SUPPORTED_TEES
+    assert {"sample", "snp", "tdx", "sgx", "tpm", "az-snp-vtpm", "az-tdx-vtpm", "gcp-vtpm", "sev", "cca", "se"} == SUPPORTED_TEES
     assert SUPPORTED_TEES <= KNOWN_TEES
     assert {"snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "se", "sampledevice"} <= KNOWN_TEES
     assert require_supported_tee("sample") == "sample"
     assert require_supported_tee("snp") == "snp"
     with pytest.raises(ProtocolError) as err:
-        require_supported_tee("cca")
+        require_supported_tee("csv")
     assert err.value.reason == "kbs.unsupported_tee"
 
 

@@ -35,7 +35,15 @@ CONFIG_SOURCES = (ROOT / "shared" / "config.py", ROOT / "shared" / "telemetry.py
 # Being added to shared/config.py while these manifests are written; allowed only until they land.
 PENDING_SETTINGS = {"REMITS_METRICS_PORT", "REMITS_METRICS_HOST", "REMITS_REPLICAS"}
 NAMESPACE = "remits"
-WORKERS = tuple(c for c in COMPONENTS if c != "gateway")
+# Every component with a Deployment: the pipeline's (what `remits up` always runs) and the join
+# service of confidential clusters (`remits worker join`, run when clusters are configured).
+JOIN = credentials.JOIN
+DEPLOYED = (*COMPONENTS, JOIN)
+WORKERS = tuple(c for c in DEPLOYED if c != "gateway")
+# The join service's front door (shared/config.py join_port) and its clusters file.
+JOIN_PORT = Settings().join_port
+# IBM Secure Execution: identity's REMITS_SE_DIR and the subdirectories shared/seattest.py reads.
+SE_SUBDIRS = ("hkds", "ca", "roots", "crls")
 # Target rates the CPU requests are sized for (see the comments in the manifests).
 BASE_RATE, PRODUCTION_RATE = 300.0, 1000.0
 PLANNED_UTILISATION = 0.7
@@ -298,7 +306,7 @@ def test_workload_selectors_match_their_own_pods(rendered: list[Doc]) -> None:
             assert not others, f"{doc['metadata']['name']} selects other pods too: {others}"
 
 
-@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("component", DEPLOYED)
 def test_component_runs_its_worker_from_the_common_image(rendered: list[Doc], component: str) -> None:
     container = _component_container(rendered, component)
     assert "command" not in container, "the image's entrypoint (remits) must stay"
@@ -314,7 +322,9 @@ def test_component_runs_its_worker_from_the_common_image(rendered: list[Doc], co
 
 def test_deployments_are_exactly_the_components(rendered: list[Doc]) -> None:
     deployments = {d["metadata"]["name"] for d in rendered if d["kind"] == "Deployment"}
-    assert deployments == set(COMPONENTS)
+    assert deployments == set(DEPLOYED)
+    # Every component with credentials of its own has a Deployment (admin: the setup Job).
+    assert set(credentials.COMPONENTS) == {*DEPLOYED, credentials.ADMIN}
 
 
 def test_image_tag_is_the_package_version(base: list[Doc], production: list[Doc]) -> None:
@@ -381,7 +391,7 @@ def _secret_mounted_at(doc: Doc, container: Doc, path: str) -> str:
     return volume["secret"]["secretName"]
 
 
-@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("component", DEPLOYED)
 def test_component_settings_and_mounts(
     rendered: list[Doc], component: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -406,6 +416,23 @@ def test_component_settings_and_mounts(
         assert volumes[mounts[key_path]["name"]]["secret"]["secretName"] == "remits-ear-key"
     else:
         assert key_path not in mounts
+    # The join key: the join service signs with it, the gateway publishes it (JWKS); one Secret,
+    # so that every replica and restart signs with the key the gateway publishes.
+    join_key = str(settings.data_dir / "join-signing-key.pem")
+    if component in ("gateway", JOIN):
+        assert mounts[join_key]["subPath"] == "join-signing-key.pem" and mounts[join_key]["readOnly"] is True
+        assert volumes[mounts[join_key]["name"]]["secret"]["secretName"] == "remits-join-key"
+    else:
+        assert join_key not in mounts
+    # The SE directory: identity's alone.
+    if component == "identity":
+        assert settings.se_dir is not None
+    else:
+        assert settings.se_dir is None and not any(p.startswith("/etc/remits/se") for p in mounts)
+    if component == JOIN:
+        assert settings.join_clusters_path is not None
+    else:
+        assert settings.join_clusters_path is None
     if component == "provision":
         assert settings.admin_keys, "provision needs REMITS_ADMIN_KEYS"
         for key in settings.admin_keys:
@@ -424,6 +451,83 @@ def test_gateway_listens_on_its_declared_port(rendered: list[Doc], monkeypatch: 
     service = _find(rendered, "Service", "gateway")
     assert service["spec"]["type"] == "ClusterIP"
     assert _selected_workloads(rendered, service["spec"]["selector"]) == {"Deployment/gateway"}
+
+
+def test_join_listens_on_its_declared_port_behind_a_service(
+    rendered: list[Doc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployment = _find(rendered, "Deployment", JOIN)
+    container = _component_container(rendered, JOIN)
+    settings = _settings(_env(rendered, container), monkeypatch)
+    # All interfaces inside the pod, on its own port (the default), declared by the container.
+    assert settings.join_host == "0.0.0.0"
+    assert settings.join_port == JOIN_PORT == 8443
+    assert _declared_ports(container) == {
+        "join": JOIN_PORT,
+        "metrics": int(_config(rendered)["REMITS_METRICS_PORT"]),
+    }
+    service = _find(rendered, "Service", JOIN)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert _selected_workloads(rendered, service["spec"]["selector"]) == {"Deployment/join"}
+    (port,) = service["spec"]["ports"]
+    assert _resolve_port(container, port["targetPort"]) == JOIN_PORT and port["protocol"] == "TCP"
+    # Not scraped through it (its metrics go through remits-metrics like every worker's).
+    assert service["metadata"]["labels"].get("remits.io/scrape") != "true"
+    # Its clusters file, from the ConfigMap make-secrets.sh creates, mounted read-only.
+    clusters = settings.join_clusters_path
+    assert clusters is not None
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(clusters.parent))
+    assert mount["readOnly"] is True
+    volume = next(v for v in _pod_spec(deployment)["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == "remits-join-clusters"
+    assert "--from-file=clusters.json=" in MAKE_SECRETS.read_text()
+    assert clusters.name == "clusters.json"
+    # One replica (every replica sweeps the members): no KEDA, no budget.
+    assert deployment["spec"]["replicas"] == 1
+    assert not [
+        d for d in rendered if d["kind"] == "ScaledObject" and d["spec"]["scaleTargetRef"]["name"] == JOIN
+    ]
+
+
+def test_join_runs_with_the_same_hardening_as_the_others(rendered: list[Doc]) -> None:
+    join = _find(rendered, "Deployment", JOIN)
+    provision = _find(rendered, "Deployment", "provision")
+    for key in ("securityContext", "automountServiceAccountToken", "enableServiceLinks"):
+        assert _pod_spec(join)[key] == _pod_spec(provision)[key], key
+    mine, theirs = _component_container(rendered, JOIN), _component_container(rendered, "provision")
+    assert mine["securityContext"] == theirs["securityContext"]
+    assert mine["image"] == theirs["image"] and mine["envFrom"] == theirs["envFrom"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert mine[probe] == theirs[probe], probe
+    assert mine["resources"]["limits"]["cpu"] == theirs["resources"]["limits"]["cpu"]
+    assert {k: v for k, v in _pod_labels(join).items() if k != "app.kubernetes.io/component"} == {
+        k: v for k, v in _pod_labels(provision).items() if k != "app.kubernetes.io/component"
+    }
+
+
+def test_identity_mounts_the_optional_se_directory(
+    rendered: list[Doc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployment = _find(rendered, "Deployment", "identity")
+    container = _component_container(rendered, "identity")
+    se_dir = _settings(_env(rendered, container), monkeypatch).se_dir
+    assert se_dir is not None and str(se_dir) == "/etc/remits/se"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in _pod_spec(deployment)["volumes"]}
+    script = MAKE_SECRETS.read_text()
+    loop = re.search(r"for sub in ([\w ]+); do", script)
+    assert loop and tuple(loop.group(1).split()) == SE_SUBDIRS
+    assert 'create configmap "remits-se-$sub"' in script
+    for sub in SE_SUBDIRS:
+        mount = mounts[str(se_dir / sub)]
+        assert mount["readOnly"] is True and "subPath" not in mount
+        source = volumes[mount["name"]]["configMap"]
+        # Optional: a cluster without IBM Secure Execution starts identity all the same.
+        assert source == {"name": f"remits-se-{sub}", "optional": True}
+    # What shared/seattest.py reads under REMITS_SE_DIR, and nothing else mounted there.
+    assert {p for p in mounts if p.startswith(str(se_dir))} == {str(se_dir / sub) for sub in SE_SUBDIRS}
+    seattest = (ROOT / "services" / "seattest.py").read_text()
+    assert re.search(r'for sub in \("hkds", "ca", "roots", "crls"\)', seattest)
 
 
 def test_nats_url_lists_the_cluster_nodes(rendered: list[Doc], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -447,7 +551,9 @@ def test_nats_url_lists_the_cluster_nodes(rendered: list[Doc], monkeypatch: pyte
     # The routes, with their credentials, are what make-secrets.sh writes (one per node).
     assert not re.search(r"^\s*routes\s*[:=\[]", conf, re.MULTILINE)  # none in the ConfigMap
     script = MAKE_SECRETS.read_text()
-    loop = re.search(r"for node in ([\d ]+); do echo \"  nats://route:\$route_password@([\w$-]+)\.(\w+):(\d+)\"", script)
+    loop = re.search(
+        r"for node in ([\d ]+); do echo \"  nats://route:\$route_password@([\w$-]+)\.(\w+):(\d+)\"", script
+    )
     assert loop, "make-secrets.sh writes no routes"
     written = [f"{loop.group(2).replace('$node', i)}.{loop.group(3)}" for i in loop.group(1).split()]
     assert written == nodes and loop.group(4) == str(ports["cluster"])
@@ -500,7 +606,7 @@ def test_redis_url_goes_through_sentinel(rendered: list[Doc]) -> None:
 # -- probes, resources, security -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("component", DEPLOYED)
 def test_probes_hit_healthz_and_readyz_on_the_declared_port(rendered: list[Doc], component: str) -> None:
     container = _component_container(rendered, component)
     env = _env(rendered, container)
@@ -711,7 +817,8 @@ def test_pod_disruption_budgets(rendered: list[Doc]) -> None:
         if doc["kind"] not in ("Deployment", "StatefulSet"):
             continue
         name = doc["metadata"]["name"]
-        if name == "audit":
+        if name in ("audit", JOIN):
+            assert doc["spec"]["replicas"] == 1
             assert name not in pdbs  # one replica: a budget would block every node drain
             continue
         assert _selected_workloads(rendered, pdbs[name]["spec"]["selector"]) == {f"{doc['kind']}/{name}"}
@@ -736,7 +843,7 @@ def test_service_monitor_scrapes_every_component(rendered: list[Doc]) -> None:
         for svc in services:
             if any(p["name"] == endpoint["port"] for p in svc["spec"]["ports"]):
                 scraped |= _selected_workloads(rendered, svc["spec"]["selector"])
-    assert scraped == {f"Deployment/{c}" for c in COMPONENTS}
+    assert scraped == {f"Deployment/{c}" for c in DEPLOYED}
 
 
 def _policies(docs: list[Doc]) -> list[Doc]:
@@ -776,7 +883,7 @@ def test_default_deny_and_every_policy_selects_pods(rendered: list[Doc]) -> None
                 _peer_kind(rendered, peer)
 
 
-@pytest.mark.parametrize("component", (*COMPONENTS, "setup"))
+@pytest.mark.parametrize("component", (*DEPLOYED, "setup"))
 def test_remits_pods_reach_only_nats_redis_dns(rendered: list[Doc], component: str) -> None:
     doc = (
         _find(rendered, "Job", "remits-setup")
@@ -813,14 +920,17 @@ def test_ingress(rendered: list[Doc]) -> None:
     }
     for component in WORKERS:
         labels = _pod_labels(_find(rendered, "Deployment", component))
-        assert _ingress_ports(rendered, labels) == {int(config["REMITS_METRICS_PORT"]): {"ns:monitoring"}}
+        expected = {int(config["REMITS_METRICS_PORT"]): {"ns:monitoring"}}
+        if component == JOIN:  # the nodes' front door, from anywhere
+            expected[JOIN_PORT] = {"anywhere"}
+        assert _ingress_ports(rendered, labels) == expected
     nats = _declared_ports(next(_containers(_find(rendered, "StatefulSet", "nats"))))
     ingress = _ingress_ports(rendered, _pod_labels(_find(rendered, "StatefulSet", "nats")))
     assert ingress[nats["cluster"]] == {"StatefulSet/nats"}
     assert ingress[nats["monitor"]] == {"ns:keda", "ns:monitoring"}
     clients = ingress[nats["client"]]
     assert len(clients) == 1
-    assert clients.pop().split(",") == sorted([f"Deployment/{c}" for c in COMPONENTS] + ["Job/remits-setup"])
+    assert clients.pop().split(",") == sorted([f"Deployment/{c}" for c in DEPLOYED] + ["Job/remits-setup"])
 
 
 # -- Secrets and ConfigMaps made outside kustomize -------------------------------------------
@@ -855,12 +965,17 @@ def test_make_secrets_creates_what_the_manifests_mount(rendered: list[Doc]) -> N
     assert os.access(MAKE_SECRETS, os.X_OK)
     subprocess.run(["sh", "-n", str(MAKE_SECRETS)], check=True, timeout=30)
     loop = re.search(r"for component in ([\w ]+); do", script)
-    assert loop and set(loop.group(1).split()) == {*COMPONENTS, credentials.ADMIN}
+    assert loop and set(loop.group(1).split()) == {*DEPLOYED, credentials.ADMIN} == set(
+        credentials.COMPONENTS
+    )
     created = {f"remits-creds-{c}" for c in loop.group(1).split()}
     created |= set(re.findall(r"create secret generic ([\w-]+) ", script))
     assert _referenced(rendered, "Secret") == created
     in_manifests = {d["metadata"]["name"] for d in rendered if d["kind"] == "ConfigMap"}
     made = set(re.findall(r"create configmap ([\w-]+) ", script))
+    se_loop = re.search(r"for sub in ([\w ]+); do", script)
+    assert se_loop and 'create configmap "remits-se-$sub"' in script
+    made |= {f"remits-se-{sub}" for sub in se_loop.group(1).split()}
     assert _referenced(rendered, "ConfigMap") == in_manifests | made
     # What the Redis pods read from remits-redis-ha is what the script puts there.
     keys = {
@@ -879,9 +994,13 @@ def test_credentials_directories_are_flat(tmp_path: Path) -> None:
         [sys.executable, "-m", "services.cli", "creds", "--out", str(tmp_path), "--per-component"],
         cwd=ROOT, check=True, capture_output=True, timeout=120,
     )  # fmt: skip
-    for component in (*COMPONENTS, credentials.ADMIN):
+    for component in (*DEPLOYED, credentials.ADMIN):
         entries = list((tmp_path / component).iterdir())
         assert entries and all(e.is_file() for e in entries), component
+    # Identity's SE session key travels in its own Secret (remits-creds-identity), no one else's.
+    holders = {c for c in (*DEPLOYED, credentials.ADMIN) if (tmp_path / c / credentials.SE_KEY_FILE).exists()}
+    assert holders == {"identity"}
+    assert {p.name for p in (tmp_path / JOIN).iterdir()} == {f"{JOIN}.nk", f"{JOIN}.json"}
     assert {p.name for p in (tmp_path / "servers").iterdir()} == {
         "nats-authorization.conf",
         "redis-users.acl",
@@ -925,3 +1044,47 @@ def test_production_overlay_changes_what_it_says(base: list[Doc], production: li
         _find(production, "PersistentVolumeClaim", "audit-trail")["spec"]["resources"]["requests"]["storage"]
         == "100Gi"
     )
+
+
+def test_make_secrets_runs_and_carries_tenant_audit_readers_to_the_setup_job(
+    tmp_path: Path, rendered: list[Doc]
+) -> None:
+    """The whole script, with a kubectl that records what it is given instead of a cluster: every
+    reader made with --tenant-audit (this run's and an earlier run's) lands in the ConfigMap the
+    setup Job reads its feeds from, and each team's seed in a directory of its own."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "kubectl.log"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text(
+        '#!/bin/sh\n'
+        f'if [ "$3" = apply ]; then cat >> "{log}"; else printf -- "- %s\\n" "$*" ; fi\n'
+    )  # fmt: skip
+    (bin_dir / "remits").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m services.cli "$@"\n')
+    for tool in ("kubectl", "remits"):
+        (bin_dir / tool).chmod(0o755)
+    admin_pub = tmp_path / "operator.pub.pem"
+    admin_pub.write_text("-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "k8s"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["sh", str(MAKE_SECRETS), "--admin-key", str(admin_pub), "--out", str(out), *args],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+
+    first = run("--tenant-audit", "team-a")
+    assert first.returncode == 0, first.stderr
+    second = run("--tenant-audit", "team-b")
+    assert second.returncode == 0, second.stderr
+    assert "tenant audit readers: team-a,team-b" in second.stdout
+    applied = log.read_text()
+    assert "create configmap remits-tenant-audit --from-literal=tenants=team-a,team-b" in applied
+    for tenant in ("team-a", "team-b"):
+        assert (out / f"audit-tenant-{tenant}" / f"audit-tenant-{tenant}.nk").is_file()
+    refused = run("--tenant-audit", "Not.A.Tenant")
+    assert refused.returncode != 0 and "no tenant name" in refused.stderr
+
+    (job,) = [d for d in rendered if d["kind"] == "Job"]
+    (container,) = _containers(job)
+    assert {"name": "REMITS_TENANT_AUDIT_FEEDS", "valueFrom": {"configMapKeyRef": {
+        "name": "remits-tenant-audit", "key": "tenants", "optional": True}}} in container["env"]  # fmt: skip

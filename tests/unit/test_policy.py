@@ -201,6 +201,12 @@ def test_resource_allows_an_affirming_bound_token() -> None:
             {"token": token(tee="sample"), "resource": {"path": "p", "binding": {}}},
             "resource.sample_tee_not_enabled",
         ),
+        # The workload's init-data digest: a token with none, or another, is not that workload.
+        ({"token": token(init_data=""), "resource": binding(init_data=["aa" * 32])}, "resource.init_data_not_bound"),
+        ({"token": token(init_data="bb" * 32), "resource": binding(init_data=["aa" * 32])}, "resource.init_data_not_bound"),
+        ({"resource": binding(init_data=["aa" * 32])}, "resource.init_data_not_bound"),  # no init_data at all
+        ({"token": token(tenant="team-a"), "resource": binding(tenants=["team-b"])}, "resource.tenant_not_bound"),
+        ({"resource": binding(tenants=["team-b"])}, "resource.tenant_not_bound"),  # a token naming no tenant
         # Missing or malformed parts of the token deny; they never skip a check.
         ({"token": {"tee": "snp", "measurement": "", "claims": {}}}, "token.not_affirming"),
         ({"token": token(exp=None)}, "token.expired"),
@@ -209,6 +215,14 @@ def test_resource_allows_an_affirming_bound_token() -> None:
 def test_resource_denials(changes: dict[str, Any], reason: str) -> None:
     result = default_policy("resource").evaluate(resource_request(**changes))
     assert result == {"allow": False, "reason": reason}
+
+
+def test_resource_bound_to_init_data_and_tenant_goes_to_that_workload() -> None:
+    request = resource_request(
+        token=token(init_data="aa" * 32, tenant="team-a"),
+        resource=binding(init_data=["cc" * 32, "aa" * 32], tenants=["team-a"]),
+    )
+    assert default_policy("resource").evaluate(request) == {"allow": True, "reason": "ok"}
 
 
 @pytest.mark.parametrize(
@@ -442,6 +456,15 @@ def test_cache_compiles_each_version_once() -> None:
     cache.get_or_compile("attestation.sample", "attestation", sample)
     cache.get_or_compile("attestation.snp", "attestation", snp, revision=2)
     assert cache.compilations == 4
+
+
+def test_cache_size_is_an_operator_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.config import Settings
+
+    monkeypatch.delenv("REMITS_POLICY_CACHE_ENTRIES", raising=False)
+    assert Settings.from_env().policy_cache_entries == 64
+    monkeypatch.setenv("REMITS_POLICY_CACHE_ENTRIES", "300")
+    assert Settings.from_env().policy_cache_entries == 300
 
 
 def test_cache_remembers_broken_versions() -> None:

@@ -46,7 +46,7 @@ def test_unknown_kind_and_garbage_fail_with_a_path() -> None:
 
 def test_subjects() -> None:
     assert schemas.stage_subject("identity") == "remits.stage.identity"
-    assert schemas.decision_subject("sample", "affirming") == "remits.decision.sample.affirming"
+    assert schemas.decision_subject("default", "sample", "affirming") == "remits.decision.default.sample.affirming"
     assert schemas.dlq_subject("measure") == "remits.dlq.measure"
 
 

@@ -5,8 +5,10 @@
 #
 # What the policy reads:
 #   input.token        the verified token: status ("affirming"|"warning"|"contraindicated"), tee,
-#                      iat, exp, jti, measurement (hex, or "" when the TEE has none) and claims
-#   input.resource     path ("repo/type/tag") and binding: tees, measurements, allow_sample
+#                      iat, exp, jti, measurement (hex, or "" when the TEE has none), init_data
+#                      (the digest of the guest's init-data, hex, or ""), tenant, and claims
+#   input.resource     path ("repo/type/tag") and binding: tees, measurements, init_data,
+#                      tenants, allow_sample
 #   input.revocations  revocations that apply to this token: of the token itself, or of its
 #                      measurement, chip or FMSPC, whenever they were made
 #   input.now          the current time, whole seconds since the epoch
@@ -31,6 +33,10 @@ result := deny("token.not_affirming") if {
 	not tee_bound
 } else := deny("resource.measurement_not_bound") if {
 	not measurement_bound
+} else := deny("resource.init_data_not_bound") if {
+	not init_data_bound
+} else := deny("resource.tenant_not_bound") if {
+	not tenant_bound
 } else := deny("resource.sample_tee_not_enabled") if {
 	not sample_allowed
 } else := {"allow": true, "reason": "ok"}
@@ -73,6 +79,26 @@ default measurement_bound := false
 measurement_bound if bound_measurements in {null, []}
 
 measurement_bound if input.token.measurement in bound_measurements
+
+bound_init_data := object.get(binding, "init_data", null)
+
+default init_data_bound := false
+
+init_data_bound if bound_init_data in {null, []}
+
+# A token without init-data ("") never matches a digest.
+init_data_bound if {
+	input.token.init_data != ""
+	input.token.init_data in bound_init_data
+}
+
+bound_tenants := object.get(binding, "tenants", null)
+
+default tenant_bound := false
+
+tenant_bound if bound_tenants in {null, []}
+
+tenant_bound if input.token.tenant in bound_tenants
 
 # The sample TEE is a software test double that proves nothing: a resource must opt in to it.
 default sample_allowed := false
