@@ -17,7 +17,6 @@ from typing import Any
 
 from shared import credentials
 
-
 _LOWEST_PORT = 20000
 _given_ports: set[int] = set()
 
