@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from shared import tenants
 from shared.config import Settings
 from shared.custody.rotation import SigningKeySet
-from shared.ear import EarVerifier, jwk_thumbprint, load_or_create_signing_key, token_kid
+from shared.ear import EarVerifier, UnverifiedToken, jwk_thumbprint, load_or_create_signing_key
 from shared.errors import VerificationError
 
 KEYSET_FILE = "signing-keys.json"
@@ -181,12 +181,15 @@ class KeySetVerifier:
             self._mtime = mtime
 
     def verify(self, token: str, now: int, leeway_s: int = 0, **options: Any) -> dict[str, Any]:
-        kid = token_kid(token)
+        return self.verify_parsed(UnverifiedToken.parse(token), now, leeway_s, **options)
+
+    def verify_parsed(self, token: UnverifiedToken, now: int, leeway_s: int = 0, **options: Any) -> dict[str, Any]:
+        kid = token.kid
         if self._current is not None and kid == self._current_kid:
-            return self._current.verify(token, now, leeway_s, **options)
+            return self._current.verify_parsed(token, now, leeway_s, **options)
         self._refresh()
         verifier = self._others.get(kid)
         retired_at = getattr(self, "_retired_at", {}).get(kid)
         if verifier is None or (retired_at is not None and now >= retired_at + self._settings.token_lifetime_s):
             raise VerificationError("token.unknown_kid", f"no signing key {kid[:64]!r} is honoured any more")
-        return verifier.verify(token, now, leeway_s, **options)
+        return verifier.verify_parsed(token, now, leeway_s, **options)

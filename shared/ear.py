@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -260,6 +261,41 @@ def _json_object(part: str, what: str, *, signed: bool = False) -> dict[str, Any
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class UnverifiedToken:
+    """A compact JWS split and read once, nothing of it trusted yet: its ``kid`` and ``iss`` may
+    only choose which trusted keys must have signed it (``EarVerifier.verify_parsed``)."""
+
+    header_b64: str
+    payload_b64: str
+    signature_b64: str
+    header: dict[str, Any]
+    claims: dict[str, Any]
+
+    @classmethod
+    def parse(cls, token: Any) -> UnverifiedToken:
+        if not isinstance(token, str) or token.count(".") != 2:
+            raise VerificationError("token.malformed", "not a compact JWS")
+        header_b64, payload_b64, signature_b64 = token.split(".")
+        header = _json_object(header_b64, "header")
+        # The lenient decoding: the signature check that must follow covers these very bytes.
+        claims = _json_object(payload_b64, "payload", signed=True)
+        return cls(header_b64, payload_b64, signature_b64, header, claims)
+
+    @property
+    def kid(self) -> str:
+        kid = self.header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise VerificationError("token.malformed", "header has no kid")
+        return kid
+
+    @property
+    def issuer(self) -> str:
+        """The ``iss`` claim, "" when it names none."""
+        iss = self.claims.get("iss")
+        return iss if isinstance(iss, str) else ""
+
+
 class EarVerifier:
     """Checks tokens against one trusted key (imported once, not per token)."""
 
@@ -278,10 +314,22 @@ class EarVerifier:
         """Return the claims of ``token`` after checking signature, validity window and profile.
 
         Only the trusted key is used: the header ``jwk`` is attacker-chosen and proves nothing."""
-        if not isinstance(token, str) or token.count(".") != 2:
-            raise VerificationError("token.malformed", "not a compact JWS")
-        header_b64, payload_b64, signature_b64 = token.split(".")
-        header = _json_object(header_b64, "header")
+        return self.verify_parsed(
+            UnverifiedToken.parse(token), now, leeway_s, expected_profile=expected_profile, issued_skew_s=issued_skew_s
+        )
+
+    def verify_parsed(
+        self,
+        token: UnverifiedToken,
+        now: int,
+        leeway_s: int = 0,
+        *,
+        expected_profile: str = EAT_PROFILE,
+        issued_skew_s: int = 0,
+    ) -> dict[str, Any]:
+        """As ``verify``, for a token already split and read (whose ``iss`` or ``kid`` chose this
+        verifier): its claims are returned only once the signature over their bytes holds."""
+        header, header_b64, payload_b64, signature_b64 = token.header, token.header_b64, token.payload_b64, token.signature_b64
         # One algorithm only: this stops alg confusion ("none", HS256 keyed with the public key).
         if header.get("alg") != SIGNING_ALG:
             raise VerificationError(
@@ -302,7 +350,7 @@ class EarVerifier:
             self._key.verify(der, f"{header_b64}.{payload_b64}".encode("ascii"), _ECDSA_SHA256)
         except (InvalidSignature, UnicodeEncodeError) as exc:
             raise VerificationError("token.signature_invalid", "ES256 signature does not verify") from exc
-        claims = _json_object(payload_b64, "payload", signed=True)
+        claims = token.claims
         exp = _int_claim(claims, "exp", required=True)
         iat = _int_claim(claims, "iat", required=True)
         nbf = _int_claim(claims, "nbf", required=False)

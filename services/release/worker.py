@@ -27,7 +27,7 @@ from shared.bus import Publish, QueueResponder
 from shared.busauth import Unauthenticated
 from shared.cache import TtlCache
 from shared.connections import with_custody
-from shared.ear import CPU_SUBMOD, K_EVIDENCE, submod_status, tee_pubkey_from_claims, token_issuer
+from shared.ear import CPU_SUBMOD, K_EVIDENCE, UnverifiedToken, submod_status, tee_pubkey_from_claims
 from shared.errors import RemitsError, VerificationError
 from shared.jwe import wrap_secret
 from shared.kbs.wire import ATTESTED_TEES
@@ -119,14 +119,15 @@ class Release:
         entry = self._verified.get(token)
         if entry is None:
             now = self.ctx.clock()
-            tenant = tenants.tenant_of_issuer(token_issuer(token))
+            unverified = UnverifiedToken.parse(token)  # read once: its iss and kid choose the key
+            tenant = tenants.tenant_of_issuer(unverified.issuer)
             if not tenant:
                 raise VerificationError("token.unknown_issuer", "the token was not issued by this service")
             # Before any key of it is looked up or recorded: an unverified iss must not make this
             # replica derive keys (and write key sets) for names that are no tenant's.
             if tenant != tenants.DEFAULT and self.ctx.trust is not None and not self.ctx.trust.snapshot(tenant).known:
                 raise VerificationError("tenant.unknown", f"no tenant {tenant!r}")
-            claims = self._verifier(tenant).verify(token, now=int(now), issued_skew_s=CLOCK_SKEW_S)
+            claims = self._verifier(tenant).verify_parsed(unverified, now=int(now), issued_skew_s=CLOCK_SKEW_S)
             tee_jwk: dict[str, Any] | VerificationError
             try:
                 tee_jwk = tee_pubkey_from_claims(claims)

@@ -18,6 +18,7 @@ from shared.ear import (
     TRUSTEE_EAT_PROFILE,
     EarSigner,
     EarVerifier,
+    UnverifiedToken,
     build_ear_claims,
     load_or_create_signing_key,
     status_of,
@@ -240,6 +241,33 @@ def test_verify_rejects_tampering_and_alg_tricks(signer: EarSigner, key: ec.Elli
         with pytest.raises(VerificationError) as err:
             verify_ear(bad, pub, now=NOW)
         assert err.value.check in {"token.malformed", "token.signature_invalid"}
+
+
+def test_a_token_read_once_is_trusted_only_after_its_signature(signer: EarSigner, key: ec.EllipticCurvePrivateKey) -> None:
+    """The release stage reads a token once (its iss and kid choose the keys) and verifies that
+    reading: what it read before the check carries no trust of its own."""
+    token = signer.sign({**claims(), "iss": "remits/t/team-a"})
+    read = UnverifiedToken.parse(token)
+    assert (read.kid, read.issuer) == (signer.kid, "remits/t/team-a")
+    assert EarVerifier(key.public_key()).verify_parsed(read, now=NOW) == {**claims(), "iss": "remits/t/team-a"}
+    # Another issuer written into the payload: read as such, refused by the signature.
+    header, _, sig = token.split(".")
+    moved = ".".join([header, b64url_encode(json.dumps({**claims(), "iss": "remits/t/team-b"}).encode()), sig])
+    assert UnverifiedToken.parse(moved).issuer == "remits/t/team-b"
+    with pytest.raises(VerificationError) as err:
+        EarVerifier(key.public_key()).verify_parsed(UnverifiedToken.parse(moved), now=NOW)
+    assert err.value.check == "token.signature_invalid"
+    assert UnverifiedToken.parse(signer.sign(claims())).issuer == "remits"
+    assert UnverifiedToken.parse(signer.sign({k: v for k, v in claims().items() if k != "iss"})).issuer == ""
+    for bad in ("a.b", f"{header}.bm90IGpzb24.{sig}", f"{header}.WzFd.{sig}"):  # not JSON; a JSON array
+        with pytest.raises(VerificationError) as err:
+            UnverifiedToken.parse(bad)
+        assert err.value.check == "token.malformed"
+    alg_only = b64url_encode(b'{"alg":"ES256"}')
+    no_kid = UnverifiedToken.parse(".".join([alg_only, token.split(".")[1], sig]))
+    with pytest.raises(VerificationError) as err:
+        _ = no_kid.kid
+    assert err.value.check == "token.malformed"
 
 
 def test_verify_profile_and_claim_types(signer: EarSigner, key: ec.EllipticCurvePrivateKey) -> None:
