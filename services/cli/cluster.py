@@ -18,10 +18,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from services.cli.token import _jwks, _moment, _read, add_issuer_flags
+from services.cli.token import _jwks, _moment, _read, add_issuer_flags, relying_party_policy
 from services.cli.verify_common import UsageError, check_failed, usage_error
-from shared.errors import ParseError, RemitsError
-from shared.passport import load_policy
+from shared.errors import RemitsError
 
 _MAX_STATEMENT = 4 * 1024 * 1024
 
@@ -60,13 +59,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         statement = read_statement(args.url)
         jwks = _jwks(args)
-        policy = None
-        if args.policy is not None:
-            try:
-                policy = load_policy(_read(args.policy))
-            except ParseError as err:
-                raise UsageError(f"{args.policy}: {err}") from None
-        verdict = verify_cluster(statement, jwks, now=_moment(args.at), policy=policy)
+        verdict = verify_cluster(statement, jwks, now=_moment(args.at), policy=relying_party_policy(args))
     except UsageError as exc:
         return usage_error(exc)
     except RemitsError as err:

@@ -23,7 +23,7 @@ from typing import Any
 
 from services.cli.verify_common import UsageError, report
 from shared.errors import ParseError
-from shared.passport import JwksSource, Passport, load_policy, verify_passport
+from shared.passport import JwksSource, Passport, RelyingPartyPolicy, load_policy, verify_passport
 
 _JWT_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})+")
@@ -107,16 +107,22 @@ def _moment(text: str | None) -> int:
     return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
 
 
+def relying_party_policy(args: argparse.Namespace) -> RelyingPartyPolicy | None:
+    """The --policy file, read and checked, or None without one."""
+    if args.policy is None:
+        return None
+    try:
+        return load_policy(_read(args.policy))
+    except ParseError as err:
+        raise UsageError(f"{args.policy}: {err}") from None
+
+
 def verify_token(args: argparse.Namespace) -> dict[str, Any]:
     token = _token(args.token)
     jwks = _jwks(args)
-    policy = None
-    if args.policy is not None:
-        try:
-            policy = load_policy(_read(args.policy))
-        except ParseError as err:
-            raise UsageError(f"{args.policy}: {err}") from None
-    passport = verify_passport(token, jwks, now=_moment(args.at), nonce=_nonce(args.nonce), policy=policy)
+    passport = verify_passport(
+        token, jwks, now=_moment(args.at), nonce=_nonce(args.nonce), policy=relying_party_policy(args)
+    )
     return _result(passport)
 
 

@@ -23,9 +23,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.atls import oids
 from shared.atls.errors import AttestedTlsError
+from shared.ear import p256_public_jwk
 from shared.errors import ParseError
+from shared.jwe import ALG_ECDH
 from shared.kbs.binding import canonical_json
-from shared.kbs.wire import b64url_encode
 
 FORMAT_VERSION = 1
 REPORT_DATA_SIZE = 64
@@ -321,11 +322,4 @@ def tee_pubkey_jwk(public_key: ec.EllipticCurvePublicKey) -> dict[str, str]:
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
         # The KBS accepts P-256 (and P-521) tee-pubkeys only, so a P-384 key can never be bound.
         raise AttestedTlsError("atls.key_type", "token certificates need a P-256 key")
-    numbers = public_key.public_numbers()
-    return {
-        "kty": "EC",
-        "crv": "P-256",
-        "alg": "ECDH-ES+A256KW",
-        "x": b64url_encode(numbers.x.to_bytes(32, "big")),
-        "y": b64url_encode(numbers.y.to_bytes(32, "big")),
-    }
+    return {**p256_public_jwk(public_key), "alg": ALG_ECDH}

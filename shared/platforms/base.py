@@ -96,3 +96,18 @@ class Platform(Protocol):
     def appraise(
         self, evidence: bytes, claims: dict[str, Any], references: dict[str, frozenset[str]]
     ) -> Appraisal: ...
+
+
+class NoEndorsementToFetch:
+    """The endorsement half of ``Platform`` for a TEE whose trust anchor is not a vendor document
+    fetched per machine (an AK registry, a chain checked when a session was opened, a request
+    only its creator can answer): nothing is fetched, assembled or cached."""
+
+    def endorsement_requests(self, evidence: bytes, carried: tuple[bytes, ...]) -> list[EndorsementRequest]:
+        return []
+
+    def assemble_endorsement(self, documents: list[bytes | None], carried: tuple[bytes, ...]) -> list[bytes]:
+        return []
+
+    def document_ttl(self, request: EndorsementRequest, document: bytes, now: datetime) -> int | None:
+        return None

@@ -32,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from shared.errors import ParseError, VerificationError
-from shared.platforms.base import Appraisal, EndorsementRequest, EvidenceInfo, Violation
+from shared.platforms.base import Appraisal, EvidenceInfo, NoEndorsementToFetch, Violation
 from shared.platforms.gcp.akcert import AkCertificate, check_ak_matches, verify_ak_cert
 from shared.platforms.gcp.attestation import GcpAttestation, parse_attestation
 from shared.platforms.tpm import eventlog
@@ -188,7 +188,7 @@ def _replayed_log_claims(raw: bytes, quoted: Mapping[str, Mapping[int, bytes]]) 
     return eventlog.claims(log, "sha256")
 
 
-class GcpVtpmPlatform:
+class GcpVtpmPlatform(NoEndorsementToFetch):  # the AK certificate travels with the evidence
     reference_names = tuple(COMPARED)
 
     def __init__(self, tee: str = TEE, roots_path: str | Path | None = None) -> None:
@@ -208,16 +208,6 @@ class GcpVtpmPlatform:
             report_data=extra.ljust(REPORT_DATA_SIZE, b"\x00"),
             endorsement_key=f"gcp-ak:{ak_spki_sha256(att)}",
         )
-
-    # -- endorsement: nothing to fetch -------------------------------------------------------
-    def endorsement_requests(self, evidence: bytes, carried: tuple[bytes, ...]) -> list[EndorsementRequest]:
-        return []
-
-    def assemble_endorsement(self, documents: list[bytes | None], carried: tuple[bytes, ...]) -> list[bytes]:
-        return []
-
-    def document_ttl(self, request: EndorsementRequest, document: bytes, now: datetime) -> int | None:
-        return None
 
     # -- identity --------------------------------------------------------------------------
     def verify_identity(self, evidence: bytes, endorsement: list[bytes], now: datetime) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.errors import VerificationError
-from shared.platforms.base import Appraisal, EndorsementRequest, EvidenceInfo, Violation
+from shared.platforms.base import Appraisal, EvidenceInfo, NoEndorsementToFetch, Violation
 from shared.platforms.se.evidence import decode_evidence
 
 TEE = "se"
@@ -19,7 +19,7 @@ BINDING_SIZE = 64
 _HOST_KEY_CLAIMS = ("image_phkh", "attestation_phkh")
 
 
-class SePlatform:
+class SePlatform(NoEndorsementToFetch):  # the host key documents were checked when the request was built
     tee = TEE
     reference_names = ("image_tags", "host_key_hash")
 
@@ -31,15 +31,6 @@ class SePlatform:
             # No vendor document: the host key documents were checked when the request was built.
             endorsement_key="se:request",
         )
-
-    def endorsement_requests(self, evidence: bytes, carried: tuple[bytes, ...]) -> list[EndorsementRequest]:
-        return []
-
-    def assemble_endorsement(self, documents: list[bytes | None], carried: tuple[bytes, ...]) -> list[bytes]:
-        return []
-
-    def document_ttl(self, request: EndorsementRequest, document: bytes, now: datetime) -> int | None:
-        return None
 
     def verify_identity(self, evidence: bytes, endorsement: list[bytes], now: datetime) -> dict[str, Any]:
         # Only the request's creator can check a measurement: there is nothing to verify here alone.

@@ -13,29 +13,20 @@ from datetime import datetime
 from typing import Any
 
 from shared.errors import VerificationError
-from shared.platforms.base import Appraisal, EndorsementRequest, EvidenceInfo, Violation
+from shared.platforms.base import Appraisal, EvidenceInfo, NoEndorsementToFetch, Violation
 from shared.platforms.sev import measure, wire
 from shared.platforms.sev.session import SevPolicy
 
 TEE = "sev"
 
 
-class SevPlatform:
+class SevPlatform(NoEndorsementToFetch):  # the platform chain was verified when the launch session was opened
     tee = TEE
     reference_names: tuple[str, ...] = ()  # per workload: the measure stage reads them (services.sevlaunch)
 
     def parse_evidence(self, primary_evidence: bytes) -> EvidenceInfo:
         measure_bytes, mnonce = wire.decode_measurement(primary_evidence.decode("utf-8", "replace"))
         return EvidenceInfo(evidence=measure_bytes + mnonce, report_data=b"", endorsement_key="")
-
-    def endorsement_requests(self, evidence: bytes, carried: tuple[bytes, ...]) -> list[EndorsementRequest]:
-        return []  # the platform chain was verified when the launch session was opened
-
-    def assemble_endorsement(self, documents: list[bytes | None], carried: tuple[bytes, ...]) -> list[bytes]:
-        return []
-
-    def document_ttl(self, request: EndorsementRequest, document: bytes, now: datetime) -> int | None:
-        return None
 
     def verify_identity(self, evidence: bytes, endorsement: list[bytes], now: datetime) -> dict[str, Any]:
         if len(evidence) != 48:

@@ -22,7 +22,7 @@ from typing import Any
 
 from shared.errors import ParseError, VerificationError
 from shared.kbs.binding import REPORT_DATA_SIZE
-from shared.platforms.base import Appraisal, EndorsementRequest, EvidenceInfo, Violation
+from shared.platforms.base import Appraisal, EvidenceInfo, NoEndorsementToFetch, Violation
 from shared.platforms.tpm import eventlog as tcg
 from shared.platforms.tpm.evidence import TpmEvidence, decode_evidence
 from shared.platforms.tpm.verify import verify_quote
@@ -67,7 +67,7 @@ def verify_evidence(evidence: TpmEvidence, nonce: bytes | None) -> dict[str, Any
     return claims
 
 
-class TpmPlatform:
+class TpmPlatform(NoEndorsementToFetch):  # the AK registry (reference values) is the trust anchor
     tee = TEE
     reference_names: tuple[str, ...] = tuple(COMPARED_CLAIMS[TEE])
 
@@ -95,15 +95,6 @@ class TpmPlatform:
         )
 
     # -- endorsement -----------------------------------------------------------------------
-    def endorsement_requests(self, evidence: bytes, carried: tuple[bytes, ...]) -> list[EndorsementRequest]:
-        return []  # the AK registry (reference values) is the trust anchor: nothing to fetch
-
-    def assemble_endorsement(self, documents: list[bytes | None], carried: tuple[bytes, ...]) -> list[bytes]:
-        return []
-
-    def document_ttl(self, request: EndorsementRequest, document: bytes, now: datetime) -> int | None:
-        return None
-
     # -- identity --------------------------------------------------------------------------
     def verify_identity(self, evidence: bytes, endorsement: list[bytes], now: datetime) -> dict[str, Any]:
         if endorsement:
