@@ -78,14 +78,13 @@ def load_host_keys(se_dir: Path | None, now: datetime) -> tuple[ec.EllipticCurve
     hkds = _read_all(se_dir / "hkds")
     if not hkds:
         raise VerificationError("se.unavailable", f"no host key documents in {se_dir / 'hkds'}")
-    keys = hkd.verify_host_key_documents(
-        hkds,
-        intermediates=_read_all(se_dir / "ca"),
-        roots=_read_all(se_dir / "roots"),
-        crls=_read_all(se_dir / "crls"),
-        now=now,
-    )
-    verified = HostKeys(tuple(keys), now + _HKD_RECHECK)
+    documents = {
+        "intermediates": _read_all(se_dir / "ca"),
+        "roots": _read_all(se_dir / "roots"),
+        "crls": _read_all(se_dir / "crls"),
+    }
+    keys = hkd.verify_host_key_documents(hkds, now=now, **documents)
+    verified = HostKeys(tuple(keys), min(now + _HKD_RECHECK, hkd.documents_valid_until(hkds, **documents)))
     with _host_keys_lock:
         _host_keys.clear()  # only the current file set matters
         _host_keys[key] = verified

@@ -385,17 +385,6 @@ def token_kid(token: Any, what: str = "token") -> str:
     return kid
 
 
-def token_issuer(token: Any) -> str:
-    """The ``iss`` of a compact JWS's payload, read before anything is trusted: it only chooses
-    whose keys must have signed it ("" when it names none)."""
-    if not isinstance(token, str) or token.count(".") != 2:
-        raise VerificationError("token.malformed", "not a compact JWS")
-    # The lenient decoding: whatever spelling, the signature check that follows covers these
-    # bytes, and the strict canonical check costs as much as the rest of a 2 KB payload's read.
-    iss = _json_object(token.split(".")[1], "payload", signed=True).get("iss")
-    return iss if isinstance(iss, str) else ""
-
-
 def verify_ear(
     token: str,
     trusted_public_key: ec.EllipticCurvePublicKey | dict[str, Any],

@@ -7,11 +7,13 @@ import base64
 import json
 from pathlib import Path
 
+import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.errors import ParseError, VerificationError
+from shared.platforms.cca import abi, cbor
 from shared.platforms.cca.abi import decode_evidence, decode_token
 from shared.platforms.cca.tastore import load_ta_store
 from shared.platforms.cca.verify import verify_token_with_store
@@ -132,3 +134,31 @@ def test_json_evidence_forms() -> None:
         with pytest.raises(ParseError) as err:
             decode_evidence(bad)
         assert err.value.reason.startswith("parse.cca.evidence")
+
+
+def _sign1(protected: object) -> bytes:
+    return cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps(protected), {}, b"payload", b"\x00" * 96]))
+
+
+@pytest.mark.parametrize("alg", [[1], {1: -35}, -35.0, "ES384", True])
+def test_an_algorithm_of_another_type_is_a_parse_error(alg: object) -> None:
+    """An array or map is unhashable: a membership test on it raised TypeError, which crashed the
+    intake handler (redelivered until dead-lettered) instead of naming the field."""
+    token = cbor2.dumps(cbor2.CBORTag(399, {44234: _sign1({1: alg}), 44241: _sign1({1: alg})}))
+    with pytest.raises(ParseError) as err:
+        decode_token(token)
+    assert err.value.reason == "parse.cca.platform.sign1.alg"
+
+
+@pytest.mark.parametrize("crv", [[2], {1: 2}, True, "P-384"])
+def test_a_rak_curve_of_another_type_is_a_parse_error(crv: object) -> None:
+    key = {1: 2, -1: crv, -2: b"\x01" * 48, -3: b"\x02" * 48}
+    for value in (key, cbor2.dumps(key)):
+        with pytest.raises(ParseError) as err:
+            abi._rak(value, cbor2.dumps(value))
+        assert err.value.reason == "parse.cca.realm.rak"
+
+
+def test_true_is_not_the_map_key_1() -> None:
+    with pytest.raises(ParseError):
+        cbor.decode(bytes.fromhex("a1f52e"), "field")  # {true: -15}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -84,6 +84,26 @@ def test_host_keys_from_the_operator_directory(tmp_path, host: SimulatedHost) ->
     (se_dir / "hkds" / "impostor.crt").write_bytes(SimulatedHost().hkd_pem)  # another (fake) IBM
     with pytest.raises(VerificationError) as err:
         seattest.load_host_keys(se_dir, now)
+    assert err.value.reason.startswith("se.hkd.")
+
+
+def test_a_kept_host_key_verdict_ends_with_its_first_expiring_document(tmp_path, host: SimulatedHost) -> None:  # type: ignore[no-untyped-def]
+    """Kept for at most an hour, and never past a certificate's expiry or a CRL's next update."""
+    from shared.platforms.se import hkd
+
+    se_dir = write_se_dir(tmp_path / "se", [host])
+    documents = {
+        "hkds": [p.read_bytes() for p in sorted((se_dir / "hkds").iterdir())],
+        "intermediates": [p.read_bytes() for p in sorted((se_dir / "ca").iterdir())],
+        "roots": [p.read_bytes() for p in sorted((se_dir / "roots").iterdir())],
+        "crls": [p.read_bytes() for p in sorted((se_dir / "crls").iterdir())],
+    }
+    first_end = hkd.documents_valid_until(documents.pop("hkds"), **documents)
+    before = first_end - timedelta(minutes=10)
+    keys = seattest.load_host_keys(se_dir, before)
+    assert seattest.load_host_keys(se_dir, first_end - timedelta(seconds=1)) is keys
+    with pytest.raises(VerificationError) as err:  # within the hour, past the first end: checked again
+        seattest.load_host_keys(se_dir, first_end + timedelta(seconds=1))
     assert err.value.reason.startswith("se.hkd.")
 
 

@@ -162,7 +162,8 @@ def decode_sign1(data: bytes, name: str) -> CoseSign1:
         # Critical headers we do not implement must make the signature unusable (RFC 9052 3.1).
         raise ParseError(f"{where}.protected.crit", "critical header parameters are not supported")
     alg = header.get(1)
-    if alg not in ALGORITHMS:
+    # type() first: an attacker's array or map here is unhashable and must be a ParseError too.
+    if type(alg) is not int or alg not in ALGORITHMS:
         raise ParseError(f"{where}.alg", f"algorithm {alg!r} is not ES256, ES384 or ES512")
     if 1 in unprotected:
         raise ParseError(f"{where}.unprotected", "algorithm outside the protected header")
@@ -257,7 +258,8 @@ def _coordinate(key: dict[Any, Any], label: int, size: int) -> int:
 def _cose_key(key: dict[Any, Any]) -> ec.EllipticCurvePublicKey:
     if key.get(_KTY) != _KTY_EC2:
         raise ParseError("cca.realm.rak", f"COSE_Key kty {key.get(_KTY)!r} is not EC2")
-    curve = _COSE_CURVES.get(key.get(_CRV))  # type: ignore[arg-type]
+    crv = key.get(_CRV)
+    curve = _COSE_CURVES.get(crv) if type(crv) is int else None
     if curve is None:
         raise ParseError("cca.realm.rak", f"COSE_Key curve {key.get(_CRV)!r} is not P-256, P-384 or P-521")
     size = (curve.key_size + 7) // 8

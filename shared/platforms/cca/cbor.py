@@ -15,6 +15,8 @@ from typing import Any
 from shared.errors import ParseError
 
 _MAX_DEPTH = 16
+# Exact types: a bool is an int to isinstance, and `true` must not stand in for the label 1.
+_MAP_KEY_TYPES = (int, str, bytes)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class _Decoder:
             out: dict[Any, Any] = {}
             for _ in range(self.length(arg, 2)):
                 key = self.item(depth + 1)
-                if not isinstance(key, int | str | bytes):
+                if type(key) not in _MAP_KEY_TYPES:
                     raise self.fail("map key is not an integer or a string")
                 if key in out:
                     raise self.fail(f"duplicate map key {key!r}")
@@ -149,7 +151,7 @@ def decode_map_raw(data: bytes, field: str) -> dict[Any, tuple[Any, bytes]]:
     out: dict[Any, tuple[Any, bytes]] = {}
     for _ in range(dec.length(count, 2)):
         key = dec.item(1)
-        if not isinstance(key, int | str | bytes):
+        if type(key) not in _MAP_KEY_TYPES:
             raise dec.fail("map key is not an integer or a string")
         if key in out:
             raise dec.fail(f"duplicate map key {key!r}")

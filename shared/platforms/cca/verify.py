@@ -11,6 +11,7 @@ import hashlib
 import hmac
 
 from shared.errors import VerificationError
+from shared.kbs.binding import pad_report_data
 from shared.platforms.cca.abi import CcaToken, decode_token
 from shared.platforms.cca.cose import verify_sign1
 from shared.platforms.cca.tastore import TrustAnchor, find_anchor
@@ -18,16 +19,10 @@ from shared.platforms.cca.tastore import TrustAnchor, find_anchor
 # IANA "Named Information Hash Algorithm" names, as CCA uses them.
 HASHES = {"sha-256": hashlib.sha256, "sha-384": hashlib.sha384, "sha-512": hashlib.sha512}
 LIFECYCLE_SECURED = range(0x3000, 0x3100)
-CHALLENGE_SIZE = 64
 
 
 def lifecycle_secured(lifecycle: int) -> bool:
     return lifecycle in LIFECYCLE_SECURED
-
-
-def expected_realm_challenge(expected: bytes) -> bytes:
-    """The realm challenge a verifier nonce becomes: zero-padded (or cut) to 64 bytes."""
-    return expected[:CHALLENGE_SIZE].ljust(CHALLENGE_SIZE, b"\x00")
 
 
 def verify_token(
@@ -66,7 +61,7 @@ def verify_token(
             f"security lifecycle {platform.lifecycle:#06x} is not secured (0x3000-0x30ff)",
         )
     if expected_challenge is not None and not hmac.compare_digest(
-        realm.challenge, expected_realm_challenge(expected_challenge)
+        realm.challenge, pad_report_data(expected_challenge)  # 64 bytes, as the KBS binding
     ):
         raise VerificationError("cca.realm.challenge", "realm challenge differs from the expected nonce")
 

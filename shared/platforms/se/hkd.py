@@ -84,9 +84,10 @@ def _describe(cert: x509.Certificate) -> str:
 
 def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     key = issuer.public_key()
-    params = cert.signature_algorithm_parameters
-    digest = cert.signature_hash_algorithm
     try:
+        # Inside the try: an algorithm cryptography does not know raises on reading these.
+        params = cert.signature_algorithm_parameters
+        digest = cert.signature_hash_algorithm
         if isinstance(key, rsa.RSAPublicKey) and digest is not None:
             key.verify(cert.signature, cert.tbs_certificate_bytes, params, digest)  # type: ignore[arg-type]
         elif isinstance(key, ec.EllipticCurvePublicKey):
@@ -196,6 +197,18 @@ def _check_revoked(cert: x509.Certificate, crls: list[x509.CertificateRevocation
             raise VerificationError(
                 "se.hkd.revoked", f"{_describe(cert)} (serial {cert.serial_number:x}) is revoked"
             )
+
+
+def documents_valid_until(
+    hkds: Sequence[bytes], *, intermediates: Sequence[bytes], roots: Sequence[bytes], crls: Sequence[bytes]
+) -> datetime:
+    """The first moment a verdict of ``verify_host_key_documents`` over these documents may no
+    longer hold: the earliest certificate expiry or CRL next update among them."""
+    certs = [*_load_certs(hkds, "host key document"), *_load_certs(intermediates, "intermediate")]
+    certs += _load_certs(roots, "root")
+    ends = [c.not_valid_after_utc for c in certs]
+    ends += [crl.next_update_utc for crl in _load_crls(crls) if crl.next_update_utc is not None]
+    return min(ends)
 
 
 def verify_host_key_documents(
