@@ -87,7 +87,13 @@ def tenant_signing_backend(settings: Settings, tenant: str, root: Any = None) ->
 def tenant_public_key(settings: Settings, tenant: str, root: Any = None) -> ec.EllipticCurvePublicKey:
     """``tenant``'s current signing key's public half, recorded in this process's durable key set
     for it (so a key rotated out stays honoured, with overlap, as the default key's does)."""
-    public = tenant_signing_backend(settings, tenant, root).public_key()
+    backend = tenant_signing_backend(settings, tenant, root)
+    try:
+        public = backend.public_key()
+    finally:
+        # An HSM key opened here only for its public half: its session is not kept open.
+        if backend is not root and hasattr(backend, "close"):
+            backend.close()
     record_signing_key(settings, public, tenant=tenant)
     return public
 
@@ -129,14 +135,26 @@ def record_signing_key(
     return keyset
 
 
+# Key set files as last parsed, by path: (file version, key set). The JWKS endpoint
+# serves them on every request; what is published still depends on the time asked about.
+_published_keysets: dict[Path, tuple[tuple[int, int, int], SigningKeySet]] = {}
+
+
 def published_keys(
     settings: Settings, now: float | None = None, tenant: str = tenants.DEFAULT
 ) -> list[dict[str, str]]:
     """The JWKS entries of every signing key of ``tenant`` whose tokens may still be valid."""
     path = _keyset_path(settings, tenant)
-    if not path.exists():
+    try:
+        stat = path.stat()
+    except OSError:
         return []
-    keyset = SigningKeySet.from_json(path.read_bytes())
+    # Each write replaces the file (a new inode), so this changes even within one clock tick.
+    version = (stat.st_mtime_ns, stat.st_ino, stat.st_size)
+    kept = _published_keysets.get(path)
+    if kept is None or kept[0] != version:  # parsed again only when the file changed
+        kept = _published_keysets[path] = (version, SigningKeySet.from_json(path.read_bytes()))
+    keyset = kept[1]
     return keyset.jwks(time.time() if now is None else now, settings.token_lifetime_s)["keys"]
 
 
