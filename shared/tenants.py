@@ -8,6 +8,8 @@ existed is the default tenant's as it stands."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 
 DEFAULT = "default"
@@ -86,6 +88,12 @@ def tenant_of_auth(path_tenant: str | None, extra_params: object) -> str:
     if path_tenant is not None and not is_name(path_tenant):
         raise BadTenant("path", path_tenant)
     named = None
+    if isinstance(extra_params, str) and extra_params.strip():
+        # kbs-types clients that send extra-params as a JSON string: its tenant counts too, or a
+        # guest meant for a tenant would be attested under the default one without a word.
+        # Any other string names nothing (the KBS protocol leaves its content to the TEE).
+        with contextlib.suppress(ValueError, RecursionError):
+            extra_params = json.loads(extra_params)
     if isinstance(extra_params, dict) and "tenant" in extra_params:
         named = extra_params["tenant"]
         if not isinstance(named, str) or not is_name(named):

@@ -52,6 +52,10 @@ def test_the_default_tenants_keys_are_unprefixed_and_foreign_prefixes_belong_to_
         ("team-a", {}, "team-a"),
         ("team-a", {"tenant": "team-a"}, "team-a"),
         ("team-a", "", "team-a"),
+        (None, '{"tenant": "team-a"}', "team-a"),  # extra-params sent as a JSON string
+        ("team-a", '{"tenant": "team-a"}', "team-a"),
+        (None, "opaque", "default"),
+        (None, "[1]", "default"),
     ],
 )
 def test_the_tenant_an_auth_names(path: str | None, extra: object, expected: str) -> None:
@@ -65,6 +69,7 @@ def test_the_tenant_an_auth_names(path: str | None, extra: object, expected: str
         (None, {"tenant": 7}, "extra-params.tenant"),
         (None, {"tenant": "A"}, "extra-params.tenant"),
         ("Team.A", {}, "path"),
+        ("team-a", '{"tenant": "team-b"}', "extra-params.tenant"),
     ],
 )
 def test_a_contradicting_or_malformed_tenant_is_refused(path: str | None, extra: object, field: str) -> None:
