@@ -129,15 +129,21 @@ def challenge_params(request: bytes, state: arcb.SeRequestState) -> str:
     )
 
 
+def _state_key(key: bytes) -> bytes:
+    """The AES-256 key a request's state is sealed under: derived, so that the SE key is used as
+    an HMAC key only (it also derives every request's secrets)."""
+    return hmac.new(key, b"se-request-state|seal", hashlib.sha256).digest()
+
+
 def seal_state(key: bytes, session_id: str, state: arcb.SeRequestState) -> bytes:
     iv = os.urandom(12)
     plain = json.dumps(state.to_json()).encode()
-    return iv + AESGCM(key).encrypt(iv, plain, f"se-session:{session_id}".encode())
+    return iv + AESGCM(_state_key(key)).encrypt(iv, plain, f"se-session:{session_id}".encode())
 
 
 def open_state(key: bytes, session_id: str, sealed: bytes) -> arcb.SeRequestState:
     try:
-        plain = AESGCM(key).decrypt(sealed[:12], sealed[12:], f"se-session:{session_id}".encode())
+        plain = AESGCM(_state_key(key)).decrypt(sealed[:12], sealed[12:], f"se-session:{session_id}".encode())
         return arcb.SeRequestState.from_json(json.loads(plain))
     except (InvalidTag, ValueError, KeyError, TypeError) as exc:
         raise VerificationError("se.session_state", f"the request's state does not open: {type(exc).__name__}") from None
