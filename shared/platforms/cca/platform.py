@@ -96,6 +96,8 @@ class CcaPlatform:
         key = hashlib.sha256(b"".join(hashlib.sha256(part).digest() for part in parts)).digest()
         with self._lock:
             hit = key in self._verdicts
+            if hit:  # least recently used goes first: a busy machine's token stays
+                self._verdicts.move_to_end(key)
         # No expected challenge here: intake already compared report_data (the realm challenge).
         verify_token(token, _anchor(endorsement[0]), platform_verified=hit)
         if not hit:
