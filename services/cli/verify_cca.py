@@ -11,10 +11,9 @@ error (unreadable file, not a token)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from services.cli.verify_common import UsageError, report
+from services.cli.verify_common import UsageError, read_input, report
 from shared.errors import ParseError
 
 TEES = ("cca",)
@@ -31,20 +30,13 @@ def add_parsers(verify_sub: argparse._SubParsersAction) -> None:  # type: ignore
     parser.set_defaults(run=main)
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc}") from None
-
-
 def verify_file(token_path: str, store_path: str, nonce: str | None) -> dict[str, Any]:
     from shared.platforms.cca.abi import decode_evidence, decode_token
     from shared.platforms.cca.tastore import find_anchor, load_ta_store
     from shared.platforms.cca.validate import cli_json
     from shared.platforms.cca.verify import verify_token
 
-    raw_token, raw_store = _read(token_path, "token"), _read(store_path, "trust-anchor store")
+    raw_token, raw_store = read_input(token_path, "token"), read_input(store_path, "trust-anchor store")
     expected = None
     if nonce is not None:
         try:

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from shared.errors import RemitsError
@@ -17,6 +18,14 @@ from shared.errors import RemitsError
 
 class UsageError(Exception):
     """The input cannot be verified at all (exit 2), as opposed to failing a check (exit 1)."""
+
+
+def read_input(path: str, what: str = "") -> bytes:
+    """A file the command was given, or a UsageError naming it (and what it was to hold)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what + ' ' if what else ''}{path}: {exc}") from None
 
 
 def usage_error(exc: Exception) -> int:

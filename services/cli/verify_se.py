@@ -17,10 +17,9 @@ import argparse
 import hashlib
 import hmac
 import json
-from pathlib import Path
 from typing import Any
 
-from services.cli.verify_common import UsageError, report
+from services.cli.verify_common import UsageError, read_input, report
 from shared.errors import RemitsError, VerificationError
 
 TEES = ("se",)
@@ -43,19 +42,12 @@ def add_parsers(verify_sub: argparse._SubParsersAction) -> None:  # type: ignore
     parser.set_defaults(run=main)
 
 
-def _read(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-
-
 def _load_state(path: str) -> tuple[Any, list[Any]]:
     from shared.platforms.se.abi import BootHdrTags
     from shared.platforms.se.arcb import SeRequestState
 
     try:
-        doc = json.loads(_read(path))
+        doc = json.loads(read_input(path))
     except ValueError as exc:
         raise UsageError(f"{path}: not JSON: {exc}") from None
     try:
@@ -72,7 +64,7 @@ def _load_state(path: str) -> tuple[Any, list[Any]]:
 def _load_response(path: str, state: Any) -> Any:
     from shared.platforms.se.evidence import EXCHANGE_MAGIC, decode_evidence, parse_exchange_file
 
-    raw = _read(path)
+    raw = read_input(path)
     if not raw.startswith(EXCHANGE_MAGIC):
         return decode_evidence(raw)
     exchange = parse_exchange_file(raw)
@@ -90,7 +82,7 @@ def verify_files(state_path: str, response_path: str, hdr_paths: list[str]) -> d
     state, candidates = _load_state(state_path)
     for hdr in hdr_paths:
         try:
-            candidates.append(parse_se_header(_read(hdr)))
+            candidates.append(parse_se_header(read_input(hdr)))
         except RemitsError as err:
             raise UsageError(f"{hdr}: {err}") from None
     if not candidates:

@@ -19,10 +19,9 @@ import argparse
 import base64
 import dataclasses
 import hmac
-from pathlib import Path
 from typing import Any
 
-from services.cli.verify_common import UsageError, report
+from services.cli.verify_common import UsageError, read_input, report
 from shared.errors import ParseError, VerificationError
 
 TEES = ("tpm",)
@@ -41,19 +40,12 @@ def add_parsers(verify_sub: argparse._SubParsersAction) -> None:  # type: ignore
     parser.add_argument("--json", action="store_true")
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc}") from None
-
-
 def _pinned_spki(path: str) -> bytes:
     from shared.platforms.tpm.evidence import ak_spki
     from shared.platforms.tpm.verify import load_ak
 
     try:
-        return ak_spki(load_ak(_read(path, "--ak")))
+        return ak_spki(load_ak(read_input(path, "--ak")))
     except ParseError as err:
         raise UsageError(f"--ak {path}: not a public key ({err.reason}: {err.detail})") from None
 
@@ -74,10 +66,10 @@ def verify_tpm(
     from shared.platforms.tpm.platform import verify_evidence
     from shared.platforms.tpm.verify import nest_pcr_claims
 
-    raw = _read(evidence_path, "evidence")
+    raw = read_input(evidence_path, "evidence")
     pinned = _pinned_spki(ak_path) if ak_path else None
     nonce = _nonce(nonce_hex)
-    log = _read(eventlog_path, "--eventlog") if eventlog_path else None
+    log = read_input(eventlog_path, "--eventlog") if eventlog_path else None
     evidence = decode_evidence(raw)
     if log is not None:
         evidence = dataclasses.replace(evidence, eventlog=log)
