@@ -36,8 +36,13 @@ from shared.policy.engine import PolicyError
 from shared.sealing import KeyRing, SealingError, unseal
 from shared.stats import STATS
 from shared.telemetry import extract_context, get_logger, is_sampled, tracer
-from shared.trust.appraisal import REVOCATION_CLAIMS, revocation_input, token_revocations
-from shared.trust.evaluate import PolicyUnavailable, resource_policy
+from shared.trust.appraisal import (
+    REVOCATION_CLAIMS,
+    platform_revocations,
+    revocation_input,
+    token_revocations,
+)
+from shared.trust.evaluate import PLATFORM_REVOKED, PolicyUnavailable, resource_policy
 from shared.trust.snapshot import Entry
 
 STAGE = "release"
@@ -268,6 +273,15 @@ class Release:
         snapshot = self.ctx.trust.snapshot(verified.tenant)
         if not snapshot.known:  # the tenant was deleted: its tokens open nothing any more
             return False, "tenant.unknown", None
+        # The platform team's revocation of the token's chip or FMSPC, inherited by this tenant:
+        # refused before the tenant's own resource policy, which may ignore input.revocations.
+        inherited = platform_revocations(snapshot, verified.tee, verified.claims)
+        if inherited:
+            log.info(
+                "resource.platform_revoked",
+                revocations=[f"{e.record.kind}:{e.record.value}" for e in inherited],
+            )
+            return False, PLATFORM_REVOKED, None
         entry = snapshot.resources.get(path)
         try:
             policy = resource_policy(snapshot, self.ctx.policies)

@@ -128,18 +128,32 @@ def check_references(
     return ReferenceCheck(effective=effective, report=report, used=used)
 
 
-def matching_revocations(
-    snapshot: TrustSnapshot, tee: str, claims: Mapping[str, Any]
+def _matching(
+    revocations: Mapping[tuple[str, str], Entry[schemas.RevocationRecord]], tee: str, claims: Mapping[str, Any]
 ) -> list[Entry[schemas.RevocationRecord]]:
-    """Revocations (other than of tokens) that name this evidence's measurement, chip or FMSPC."""
     found = []
     for kind, claim in REVOCATION_CLAIMS.get(tee, {}).items():
         value = claims.get(claim)
         if isinstance(value, str) and value:
-            entry = snapshot.revocations.get((kind, value.lower()))
+            entry = revocations.get((kind, value.lower()))
             if entry is not None:
                 found.append(entry)
     return found
+
+
+def matching_revocations(
+    snapshot: TrustSnapshot, tee: str, claims: Mapping[str, Any]
+) -> list[Entry[schemas.RevocationRecord]]:
+    """Revocations (other than of tokens) that name this evidence's measurement, chip or FMSPC."""
+    return _matching(snapshot.revocations, tee, claims)
+
+
+def platform_revocations(
+    snapshot: TrustSnapshot, tee: str, claims: Mapping[str, Any]
+) -> list[Entry[schemas.RevocationRecord]]:
+    """The platform team's revocations of this evidence's chip or FMSPC that the snapshot's tenant
+    inherits (TrustSnapshot.platform_revocations): enforced whatever the tenant's policies say."""
+    return _matching(snapshot.platform_revocations, tee, claims)
 
 
 def revocation_input(entries: list[Entry[schemas.RevocationRecord]]) -> list[dict[str, Any]]:

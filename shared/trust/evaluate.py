@@ -4,6 +4,7 @@ over a recorded evidence with the configuration of that time (or today's)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -15,10 +16,20 @@ from shared.errors import ParseError, RemitsError
 from shared.platforms.base import Platform
 from shared.policy.engine import CompiledPolicy, PolicyCache, PolicyError, default_policy
 from shared.trust import buckets
-from shared.trust.appraisal import check_references, matching_revocations, revocation_input
-from shared.trust.snapshot import TrustSnapshot
+from shared.trust.appraisal import (
+    check_references,
+    matching_revocations,
+    platform_revocations,
+    revocation_input,
+)
+from shared.trust.snapshot import Entry, TrustSnapshot
 
 VERIFIER = "remits 0.1.0"
+# The claim an inherited platform revocation (a revoked chip or FMSPC) contraindicates, and how
+# (the packaged default policies' own treatment of such a revocation).
+PLATFORM_REVOKED_CLAIM = "hardware"
+CONTRAINDICATED = 96
+PLATFORM_REVOKED = "platform.revoked"
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,7 @@ def appraise(
     tee = platform.tee
     references = check_references(snapshot, tee, tuple(platform.reference_names), claims, now)
     revoked = matching_revocations(snapshot, tee, claims)
+    platform_revoked = platform_revocations(snapshot, tee, claims)
     provenance = schemas.Appraised(
         evidence_digest=evidence_digest(evidence),
         policy_id=policy.id,
@@ -90,7 +102,8 @@ def appraise(
         revocations=[f"{e.record.kind}:{e.record.value}" for e in revoked],
         bucket_revisions={
             name: snapshot.revisions.get(name, 0)
-            for name in (buckets.POLICIES.name, buckets.REFVALS.name, buckets.REVOCATIONS.name)
+            # The tenants bucket too: which tenants existed decides what revocations they inherited.
+            for name in (buckets.POLICIES.name, buckets.REFVALS.name, buckets.REVOCATIONS.name, buckets.TENANTS.name)
         },
         verifier=VERIFIER,
     )
@@ -113,7 +126,20 @@ def appraise(
         return Verdict(
             {}, [], provenance, references.report, reject="policy.evaluation_failed", detail=str(exc)
         )
-    return verdict_of(result, provenance, references.report)
+    return enforce_platform_revocations(verdict_of(result, provenance, references.report), platform_revoked)
+
+
+def enforce_platform_revocations(verdict: Verdict, entries: list[Entry[schemas.RevocationRecord]]) -> Verdict:
+    """The platform team's revocations a tenant inherits hold whatever the tenant's own policy
+    made of ``input.revocations``: a verdict that is not a rejection gets the hardware claim
+    contraindicated, as the default policies do, with a note naming each revocation."""
+    if not entries or verdict.reject:
+        return verdict
+    vector = dict(verdict.vector)
+    if tier_of(vector.get(PLATFORM_REVOKED_CLAIM, 0)) != "contraindicated":
+        vector[PLATFORM_REVOKED_CLAIM] = CONTRAINDICATED
+    notes = [*verdict.notes, *(f"{PLATFORM_REVOKED}.{e.record.kind}: {e.record.reason}" for e in entries)]
+    return dataclasses.replace(verdict, vector=vector, notes=notes)
 
 
 def verdict_of(

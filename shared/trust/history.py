@@ -13,7 +13,7 @@ from nats.js import api as js_api
 
 from shared import tenants
 from shared.trust import buckets
-from shared.trust.snapshot import TrustSnapshot, build_snapshot
+from shared.trust.snapshot import TrustSnapshot, build_snapshots, pick
 
 _OPERATION = "KV-Operation"
 
@@ -66,17 +66,23 @@ async def bucket_at(
     return state
 
 
+async def _latest(js: JetStreamContext, bucket: buckets.Bucket) -> int:
+    info = await js.stream_info(bucket.stream)
+    return info.state.last_seq if info.state.messages else 0
+
+
 async def snapshot_at(
     js: JetStreamContext, revisions: Mapping[str, int], tenant: str = tenants.DEFAULT
 ) -> TrustSnapshot:
-    """``tenant``'s configuration at the given bucket revisions."""
+    """``tenant``'s configuration at the given bucket revisions, split per tenant exactly as the
+    workers' mirror does (build_snapshots): with the platform revocations a tenant inherits. A
+    record of before the tenants bucket's revision was recorded is judged with today's tenants."""
     raw: dict[str, dict[str, tuple[int, bytes]]] = {}
-    for name, revision in revisions.items():
+    wanted = dict(revisions)
+    if buckets.TENANTS.name not in wanted:
+        wanted[buckets.TENANTS.name] = await _latest(js, buckets.TENANTS)
+    for name, revision in wanted.items():
         bucket = buckets.BY_NAME.get(name)
         if bucket is not None:
-            raw[name] = {}
-            for stored, value in (await bucket_at(js, bucket, revision)).items():
-                owner, key = tenants.split_key(stored)
-                if owner == tenant:
-                    raw[name][key] = value
-    return build_snapshot(raw, revisions, tenant=tenant)
+            raw[name] = await bucket_at(js, bucket, revision)
+    return pick(build_snapshots(raw, revisions), tenant)

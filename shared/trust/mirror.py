@@ -15,7 +15,7 @@ from nats.js import api as js_api
 from shared import tenants
 from shared.telemetry import get_logger
 from shared.trust import buckets
-from shared.trust.snapshot import TrustSnapshot, build_snapshots
+from shared.trust.snapshot import TrustSnapshot, build_snapshots, pick
 
 log = get_logger("remits.trust")
 _OPERATION = "KV-Operation"
@@ -169,11 +169,7 @@ class TrustMirror:
             version = self._version
             self._snapshots = build_snapshots(self._raw, self._revisions)
             self._snapshot_version = version
-        found = self._snapshots.get(tenant)
-        if found is None:
-            default = self._snapshots[tenants.DEFAULT]
-            return TrustSnapshot(tenants=default.tenants, tenant=tenant, revisions=default.revisions)
-        return found
+        return pick(self._snapshots, tenant)
 
     async def stop(self) -> None:
         self._closing.set()

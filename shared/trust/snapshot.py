@@ -43,6 +43,11 @@ class TrustSnapshot:
     )
     resources: Mapping[str, Entry[schemas.ResourceRecord]] = field(default_factory=dict)
     revocations: Mapping[tuple[str, str], Entry[schemas.RevocationRecord]] = field(default_factory=dict)
+    # The default tenant's hardware revocations (buckets.PLATFORM_REVOCATION_KINDS) as inherited by
+    # another tenant: also in ``revocations`` (the policies' input), and kept apart because they
+    # are enforced outside the tenant's own policies, which the tenant may replace (empty for the
+    # default tenant, whose own policies are the platform team's).
+    platform_revocations: Mapping[tuple[str, str], Entry[schemas.RevocationRecord]] = field(default_factory=dict)
     admin_keys: Mapping[str, Entry[schemas.AdminKeyRecord]] = field(default_factory=dict)
     # Every tenant that exists (the same in each tenant's snapshot); the default tenant always does.
     tenants: Mapping[str, Entry[schemas.TenantRecord]] = field(default_factory=dict)
@@ -102,6 +107,16 @@ def build_snapshots(raw: Mapping[str, RawBucket], revisions: Mapping[str, int]) 
     return snapshots
 
 
+def pick(snapshots: Mapping[str, TrustSnapshot], tenant: str) -> TrustSnapshot:
+    """``tenant``'s snapshot out of build_snapshots' result; a tenant that does not exist gets an
+    empty snapshot that says so (``known``)."""
+    found = snapshots.get(tenant)
+    if found is None:
+        default = snapshots[tenants_.DEFAULT]
+        return TrustSnapshot(tenants=default.tenants, tenant=tenant, revisions=default.revisions)
+    return found
+
+
 def build_snapshot(
     raw: Mapping[str, RawBucket],
     revisions: Mapping[str, int],
@@ -135,6 +150,7 @@ def build_snapshot(
         refvals={k: tuple(v) for k, v in refvals.items()},
         resources=decoded[buckets.RESOURCES.name],  # type: ignore[arg-type]
         revocations=revocations,  # type: ignore[arg-type]
+        platform_revocations=dict(inherited or {}),
         admin_keys=decoded[buckets.ADMIN_KEYS.name],  # type: ignore[arg-type]
         tenants=dict(tenants or {}),
         tenant=tenant,

@@ -377,6 +377,7 @@ async def test_a_chip_the_operator_revokes_is_revoked_for_every_tenant(teams) ->
         return submod_status(payload), fetched.status
 
     assert await attest_with(f"{rs.url}/t/team-a") == ("affirming", 200)
+    revoked = device
     status, body = await operator.call(
         "POST", "revocations", {"kind": "chip_id", "value": device.device_id.hex(), "reason": "key extracted"}
     )
@@ -395,5 +396,19 @@ async def test_a_chip_the_operator_revokes_is_revoked_for_every_tenant(teams) ->
     assert status == 200, body
     await rs.stack.trust_synced()
     assert await attest_with(rs.url) == ("affirming", 200)
+    token_status, resource_status = await attest_with(f"{rs.url}/t/team-a")
+    assert token_status == "contraindicated" and resource_status == 401
+
+    # team-a's own policies, ignoring input.revocations, cannot undo the platform's revocation.
+    permissive = {
+        "attestation.sample": 'package remits.attestation\nresult := {"vector": {"hardware": 2, '
+        '"executables": 2, "instance-identity": 2}, "notes": []}\n',
+        "resource": 'package remits.resource\nresult := {"allow": true, "reason": "ok"}\n',
+    }
+    for policy_id, rego in permissive.items():
+        status, body = await operator.call("PUT", f"policies/{policy_id}", rego, tenant="team-a")
+        assert status == 200, body
+    await rs.stack.trust_synced()
+    device = revoked
     token_status, resource_status = await attest_with(f"{rs.url}/t/team-a")
     assert token_status == "contraindicated" and resource_status == 401
