@@ -31,9 +31,9 @@ from shared.ear import (
     K_EVIDENCE,
     SIGNING_ALG,
     EarVerifier,
+    UnverifiedToken,
     submod_status,
     tee_pubkey_from_claims,
-    token_kid,
 )
 from shared.errors import ParseError, VerificationError
 from shared.kbs.wire import b64url_decode
@@ -41,6 +41,8 @@ from shared.kbs.wire import b64url_decode
 JWKS_PATH: Final = "/.well-known/jwks.json"
 # A JWKS is a few hundred bytes; anything far larger is not one and is not worth holding.
 MAX_JWKS_BYTES: Final = 1 << 20
+# Verifiers kept by JwksSource.verifier: an issuer publishes a handful of keys.
+_MAX_CACHED_VERIFIERS: Final = 64
 # Members of the annotated evidence that are not a TEE's claims.
 _NON_TEE_EVIDENCE: Final = frozenset({"runtime_data_claims", "init_data_claims"})
 # Acceptable statuses per minimum; "none" (no claims) and "contraindicated" never pass.
@@ -125,6 +127,8 @@ class JwksSource:
         self._clock = clock
         self._lock = threading.Lock()
         self._keys: dict[str, ec.EllipticCurvePublicKey] | None = None
+        # One verifier per key object, rebuilt only when a refresh replaces the key set.
+        self._verifiers: dict[str, tuple[ec.EllipticCurvePublicKey, EarVerifier]] = {}
         self._fetched_at = -math.inf
         self._attempted_at = -math.inf
         self._failure: str | None = None  # why the latest fetch failed, None after a success
@@ -170,6 +174,20 @@ class JwksSource:
                 raise VerificationError("token.unknown_kid", f"no key {kid[:64]!r} in the issuer's JWKS")
             return found
 
+    def verifier(self, kid: str) -> EarVerifier:
+        """An :class:`EarVerifier` for the key ``kid`` names, looked up as ``key`` does (kept per key,
+        so a token does not import the key again)."""
+        key = self.key(kid)
+        with self._lock:
+            cached = self._verifiers.get(kid)
+            if cached is not None and cached[0] is key:
+                return cached[1]
+            verifier = EarVerifier(key)
+            if len(self._verifiers) >= _MAX_CACHED_VERIFIERS:
+                self._verifiers.clear()  # only ever the issuer's few keys; bound it all the same
+            self._verifiers[kid] = (key, verifier)
+            return verifier
+
     def fresh(self, kid: str) -> bool:
         """Whether ``key(kid)`` would answer from the cache, without fetching."""
         with self._lock:
@@ -209,7 +227,10 @@ class JwksSource:
 @dataclass(frozen=True)
 class RelyingPartyPolicy:
     """What a relying party accepts beyond a valid signature: a minimum status, the TEEs, exact
-    claim values (e.g. ``snp.measurement``) and how old a token may be."""
+    claim values (e.g. ``snp.measurement``) and how old a token may be.
+
+    ``min_status`` defaults to "affirming" (the only other choice is "warning"); this default policy
+    is also what :func:`verify_passport` applies when given none."""
 
     min_status: str = "affirming"
     tees: frozenset[str] | None = None
@@ -229,6 +250,8 @@ class RelyingPartyPolicy:
         )
 
 
+# What verify_passport applies when the caller gives no policy: an affirming status, nothing more.
+_DEFAULT_POLICY: Final = RelyingPartyPolicy()
 _POLICY_MEMBERS: Final = frozenset({"min_status", "tees", "claims", "max_age_s"})
 
 
@@ -341,9 +364,13 @@ def verify_passport(
     """Check ``token`` against the issuer's key it names, then its nonce and ``policy``.
 
     ``nonce`` is the challenge the relying party issued: the exact ``eat_nonce`` string, or its bytes
-    (matched in base64 or hex). Raises :class:`VerificationError` naming the failed check."""
-    kid = token_kid(token)
-    claims = EarVerifier(jwks.key(kid)).verify(token, now, leeway_s, expected_profile=expected_profile)
+    (matched in base64 or hex). Without a ``policy`` the default :class:`RelyingPartyPolicy` applies,
+    whose ``min_status`` is "affirming": a warning, contraindicated or empty ("none") result is
+    refused (``token.policy.status``) unless the policy given lowers the minimum to "warning".
+    Raises :class:`VerificationError` naming the failed check."""
+    parsed = UnverifiedToken.parse(token)
+    kid = parsed.kid
+    claims = jwks.verifier(kid).verify_parsed(parsed, now, leeway_s, expected_profile=expected_profile)
     if nonce is not None:
         if "eat_nonce" not in claims:
             raise VerificationError("token.nonce", "the token carries no eat_nonce")
@@ -362,6 +389,6 @@ def verify_passport(
         tee_pubkey=tee_pubkey,
         kid=kid,
     )
-    if policy is not None:
-        _check_policy(policy, passport, now, leeway_s)
+    # No policy is not "accept anything": a valid signature on a contraindicated result is still one.
+    _check_policy(_DEFAULT_POLICY if policy is None else policy, passport, now, leeway_s)
     return passport

@@ -494,6 +494,76 @@ def test_offline_verifier_reports_every_violation(fleet: Fleet) -> None:
     assert err.value.reason == "atls.unsupported_tee"
 
 
+def test_offline_verifier_refuses_a_tee_without_reference_values(fleet: Fleet) -> None:
+    # A misspelt references key leaves the sample TEE with no reference values: warning, not affirming.
+    references = {"smaple": {"measurement": frozenset({MEASUREMENT.hex()})}}
+    cert = der(evidence_identity(fleet.device()))
+    strict = OfflineEvidenceVerifier({"sample": fleet.platform}, fleet.endorsements, references)
+    with pytest.raises(VerificationError) as err:
+        EvidencePeerVerifier(strict).verify(cert)
+    assert err.value.reason == "atls.policy.status"
+    assert "'warning'" in err.value.detail and "'affirming'" in err.value.detail
+    assert "measurement.no_reference_values" in err.value.detail and "executables=33" in err.value.detail
+    # The same refusal through AnyPeerVerifier, which hands the parsed attestation on.
+    with pytest.raises(VerificationError) as err:
+        AnyPeerVerifier(evidence=EvidencePeerVerifier(strict)).verify(cert)
+    assert err.value.reason == "atls.policy.status"
+
+    # Only a relying party that lowers the minimum on purpose accepts the warning-tier peer.
+    lenient = OfflineEvidenceVerifier(
+        {"sample": fleet.platform}, fleet.endorsements, references, min_status="warning"
+    )
+    peer = EvidencePeerVerifier(lenient).verify(cert)
+    assert peer.tee == "sample"
+    assert peer.claims[APPRAISAL_CLAIM]["status"] == "warning"
+    assert peer.claims[APPRAISAL_CLAIM]["notes"] == ["measurement.no_reference_values"]
+
+
+def test_offline_verifier_refuses_warning_configuration_by_default(fleet: Fleet) -> None:
+    # A debug device allowed by the references is no violation, but its configuration is warning-tier.
+    references = {"sample": {"measurement": frozenset({MEASUREMENT.hex()}), "allow_debug": frozenset({"true"})}}
+    cert = der(evidence_identity(fleet.device(debug=True)))
+    strict = OfflineEvidenceVerifier({"sample": fleet.platform}, fleet.endorsements, references)
+    with pytest.raises(VerificationError) as err:
+        EvidencePeerVerifier(strict).verify(cert)
+    assert err.value.reason == "atls.policy.status" and "configuration=32" in err.value.detail
+    lenient = OfflineEvidenceVerifier(
+        {"sample": fleet.platform}, fleet.endorsements, references, min_status="warning"
+    )
+    assert EvidencePeerVerifier(lenient).verify(cert).claims[APPRAISAL_CLAIM]["status"] == "warning"
+
+
+async def test_warning_tier_peer_refused_in_the_handshake(fleet: Fleet) -> None:
+    strict = OfflineEvidenceVerifier({"sample": fleet.platform}, fleet.endorsements, {})
+    err = await client_refuses_server(fleet, evidence_identity(fleet.device()), EvidencePeerVerifier(strict))
+    assert isinstance(err, VerificationError) and err.reason == "atls.policy.status"
+
+
+def test_offline_verifier_min_status_is_checked(fleet: Fleet) -> None:
+    for bad in ("none", "contraindicated", "Affirming"):
+        with pytest.raises(ValueError):
+            OfflineEvidenceVerifier({"sample": fleet.platform}, fleet.endorsements, {}, min_status=bad)
+
+
+def test_any_verifier_reads_the_certificate_once(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared.atls.verify as verify_module
+
+    calls: list[bytes] = []
+    real = verify_module.read_attestation
+
+    def counting(cert_der: bytes) -> Any:
+        calls.append(cert_der)
+        return real(cert_der)
+
+    monkeypatch.setattr(verify_module, "read_attestation", counting)
+    verifier = AnyPeerVerifier(
+        evidence=EvidencePeerVerifier(fleet.evidence_verifier()), token=TokenPeerVerifier(fleet.verify_token)
+    )
+    assert verifier.verify(der(evidence_identity(fleet.device()))).kind == "evidence"
+    assert verifier.verify(der(token_identity(fleet.ear_signer))).kind == "token"
+    assert len(calls) == 2
+
+
 # --- a real SNP report ----------------------------------------------------------------------------
 
 
@@ -506,8 +576,11 @@ def _snp_verifier() -> tuple[OfflineEvidenceVerifier, dict[str, Any], bytes]:
     def endorsements(platform: Platform, request: EndorsementRequest) -> bytes | None:
         return None if request.optional else vek  # the VCEK; no CRL offline
 
+    # The report's own measurement provisioned: without reference values the appraisal is only
+    # warning-tier, which an offline verifier refuses by default (atls.policy.status).
+    references = {"snp": {"measurement": frozenset({expected["report"]["measurement"]})}}
     verify = OfflineEvidenceVerifier(
-        {"snp": SnpPlatform(pinned_roots(), KDS)}, endorsements, {}, clock=lambda: valid_at
+        {"snp": SnpPlatform(pinned_roots(), KDS)}, endorsements, references, clock=lambda: valid_at
     )
     return verify, expected, report
 

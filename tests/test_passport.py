@@ -225,6 +225,35 @@ def test_policy_failures(
         assert next(iter(policy.claims)) in info.value.detail
 
 
+@pytest.mark.parametrize(
+    "vector",
+    [
+        {"hardware": 2, "executables": 33},  # warning
+        {"hardware": 2, "executables": 96},  # contraindicated
+        {},  # none: no claims at all
+    ],
+)
+def test_no_policy_means_the_default_policy(signer: EarSigner, vector: dict[str, int]) -> None:
+    # Without a policy a relying party still gets the default one: an affirming status.
+    assert RelyingPartyPolicy().min_status == "affirming"
+    jwks = JwksSource.from_keys(jwks_of(signer))
+    with pytest.raises(VerificationError) as info:
+        verify_passport(make_token(signer, vector=vector), jwks, now=NOW)
+    assert info.value.check == "token.policy.status"
+    assert "'affirming'" in info.value.detail
+    assert verify_passport(make_token(signer), jwks, now=NOW).status == "affirming"
+
+
+def test_verifier_is_kept_per_key_and_renewed_with_the_keys(signer: EarSigner) -> None:
+    issuer, clock = Issuer(jwks_of(signer)), Clock()
+    jwks = source(issuer, clock, ttl_s=60)
+    first = jwks.verifier(signer.kid)
+    assert jwks.verifier(signer.kid) is first
+    clock.t += 61  # expired: the refresh imports the keys anew, so the verifier is rebuilt
+    assert jwks.verifier(signer.kid) is not first
+    assert verify_passport(make_token(signer), jwks, now=NOW).kid == signer.kid
+
+
 def test_warning_status_accepted_by_warning_policy(signer: EarSigner) -> None:
     token = make_token(signer, vector={"hardware": 2, "executables": 33})
     jwks = JwksSource.from_keys(jwks_of(signer))
@@ -466,6 +495,24 @@ def test_cli_failed_check(
         ["token", "verify", files["token"], "--jwks", files["jwks"], "--at", AT, *extra], capsys
     )
     assert rc == 1 and doc["verified"] is False and doc["check"] == check
+
+
+def test_cli_without_policy_refuses_a_non_affirming_token(
+    files: dict[str, str], signer: EarSigner, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for vector in ({"hardware": 2, "executables": 96}, {"hardware": 2, "executables": 33}):
+        token = tmp_path / "bad.jwt"
+        token.write_text(make_token(signer, vector=vector))
+        rc, doc, _ = run_cli(["token", "verify", str(token), "--jwks", files["jwks"], "--at", AT, "--json"], capsys)
+        assert rc == 1 and doc["verified"] is False and doc["check"] == "token.policy.status"
+    # A warning token passes only when the relying party's policy lowers the minimum explicitly.
+    warning = tmp_path / "warning.json"
+    warning.write_text(json.dumps({"min_status": "warning"}))
+    rc, doc, _ = run_cli(
+        ["token", "verify", str(token), "--jwks", files["jwks"], "--at", AT, "--json", "--policy", str(warning)],
+        capsys,
+    )
+    assert rc == 0 and doc["verified"] is True and doc["status"] == "warning"
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@ check an EAR token the way a relying party does (passport mode), against the iss
 
 TOKEN is the JWT itself, a file holding it, or ``-`` for stdin. ``--nonce`` is the hex of the
 challenge's bytes (a non-hex value is taken as the literal ``eat_nonce`` string); ``--policy`` is a
-relying-party policy JSON (see :func:`shared.passport.load_policy`).
+relying-party policy JSON (see :func:`shared.passport.load_policy`). Without ``--policy`` the default
+policy applies: the token's status must be affirming, so a warning or contraindicated token fails
+(``token.policy.status``, exit 1); a policy ``{"min_status": "warning"}`` accepts warning tokens.
 
 Exit codes: 0 verified, 1 a check failed (``{"verified": false, "check", "detail"}``; an unreachable
 JWKS is the check ``token.jwks_unavailable``), 2 usage error (unreadable file, malformed policy or JWKS
@@ -44,7 +46,11 @@ def add_issuer_flags(parser: argparse.ArgumentParser) -> None:
     keys = parser.add_mutually_exclusive_group(required=True)
     keys.add_argument("--jwks", metavar="URL|FILE", help="the issuer's JWKS: an http(s) URL or a file")
     keys.add_argument("--issuer", metavar="URL", help="the issuer's base URL (serves /.well-known/jwks.json)")
-    parser.add_argument("--policy", metavar="FILE", help="relying-party policy JSON")
+    parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        help='relying-party policy JSON (default: status must be affirming; {"min_status": "warning"} lowers it)',
+    )
     parser.add_argument("--at", metavar="ISO8601", help="verification time, ISO 8601 (default: now)")
     parser.add_argument("--json", action="store_true")
 
@@ -108,7 +114,8 @@ def _moment(text: str | None) -> int:
 
 
 def relying_party_policy(args: argparse.Namespace) -> RelyingPartyPolicy | None:
-    """The --policy file, read and checked, or None without one."""
+    """The --policy file, read and checked, or None without one (verify_passport then applies the
+    default policy: an affirming status)."""
     if args.policy is None:
         return None
     try:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
-from shared.ear import status_of
+from shared.ear import status_of, tier_of
 from shared.errors import VerificationError
 from shared.platforms.base import EndorsementRequest, Platform
 
@@ -20,10 +20,21 @@ EndorsementSource = Callable[[Platform, EndorsementRequest], bytes | None]
 # Claim under which the appraisal is returned next to the platform's claims, so a caller can
 # refuse e.g. a warning-tier result (an unrecognised measurement is a note, not a violation).
 APPRAISAL_CLAIM = "atls.appraisal"
+# Acceptable appraisal statuses per minimum (as for a relying party's token policy): "none" and
+# "contraindicated" never pass.
+_ACCEPTED_STATUS: Final = {
+    "affirming": frozenset({"affirming"}),
+    "warning": frozenset({"affirming", "warning"}),
+}
 
 
 class OfflineEvidenceVerifier:
-    """``verify_evidence(tee, evidence) -> (report_data, claims)`` for ``EvidencePeerVerifier``."""
+    """``verify_evidence(tee, evidence) -> (report_data, claims)`` for ``EvidencePeerVerifier``.
+
+    Evidence is accepted only if its appraisal has no violation and a status of at least
+    ``min_status``: "affirming" by default, so a peer whose runtime is merely unrecognised (e.g. no
+    reference values for its TEE, as a misspelt ``references`` key would leave it) is refused with
+    ``atls.policy.status``. Lower it to "warning" only to accept such peers on purpose."""
 
     def __init__(
         self,
@@ -31,7 +42,12 @@ class OfflineEvidenceVerifier:
         endorsements: EndorsementSource,
         references: Mapping[str, Mapping[str, frozenset[str]]],
         clock: Callable[[], float] = time.time,
+        *,
+        min_status: str = "affirming",
     ) -> None:
+        if min_status not in _ACCEPTED_STATUS:
+            raise ValueError(f"min_status must be one of {sorted(_ACCEPTED_STATUS)}")
+        self._min_status = min_status
         self._platforms = dict(platforms)
         self._endorsements = endorsements
         self._references = references
@@ -56,9 +72,22 @@ class OfflineEvidenceVerifier:
             # Every violation in the detail, so an operator fixes them all in one go.
             detail = "; ".join(f"{v.field}: got {v.got}, want {v.want}" for v in appraisal.violations)
             raise VerificationError(f"atls.policy.{appraisal.violations[0].field}", detail)
+        status = status_of(appraisal.vector)
+        if status not in _ACCEPTED_STATUS[self._min_status]:
+            # Say why the status is what it is: the platform's notes and the claims below affirming.
+            below = [
+                f"{name}={value}"
+                for name, value in sorted(appraisal.vector.items())
+                if tier_of(value) in ("warning", "contraindicated")
+            ]
+            reasons = ", ".join(list(appraisal.notes) + below) or "no trust claims"
+            raise VerificationError(
+                "atls.policy.status",
+                f"{tee} appraisal status {status!r}, at least {self._min_status!r} needed ({reasons})",
+            )
         out = dict(claims)
         out[APPRAISAL_CLAIM] = {
-            "status": status_of(appraisal.vector),
+            "status": status,
             "vector": dict(appraisal.vector),
             "notes": list(appraisal.notes),
         }

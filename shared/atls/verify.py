@@ -52,9 +52,13 @@ def _read(cert_der: bytes, kind: Kind) -> Attestation:
         if exc.reason == "atls.no_attestation":
             raise AttestedTlsError(f"atls.no_{kind}", exc.detail) from None
         raise
+    _check_kind(attestation, kind)
+    return attestation
+
+
+def _check_kind(attestation: Attestation, kind: Kind) -> None:
     if attestation.kind != kind:
         raise AttestedTlsError(f"atls.no_{kind}", f"the certificate carries a {attestation.kind}, not {kind}")
-    return attestation
 
 
 def _check_validity(attestation: Attestation, now: float) -> None:
@@ -95,7 +99,11 @@ class EvidencePeerVerifier:
         self._expected_nonce = expected_nonce
 
     def verify(self, cert_der: bytes) -> PeerIdentity:
-        attestation = _read(cert_der, "evidence")
+        return self.verify_attestation(_read(cert_der, "evidence"))
+
+    def verify_attestation(self, attestation: Attestation) -> PeerIdentity:
+        """As ``verify``, for a certificate's attestation already read (``read_attestation``)."""
+        _check_kind(attestation, "evidence")
         assert attestation.tee is not None and attestation.nonce is not None and attestation.evidence is not None
         now = self._clock()
         _check_validity(attestation, now)
@@ -139,15 +147,21 @@ def tee_of_token_claims(claims: dict[str, Any]) -> str | None:
 
 class TokenPeerVerifier:
     """Accepts a certificate carrying a token that ``verify_token`` accepts and whose tee-pubkey is
-    the certificate key. Token status (affirming or not) is the caller's policy, read from
-    ``PeerIdentity.claims``."""
+    the certificate key. This class checks no status itself: ``verify_token`` is the relying party's
+    policy. :func:`shared.passport.verify_passport` is one that refuses a non-affirming token unless
+    the policy it is given lowers ``min_status``; a bare ``EarVerifier.verify`` checks signature and
+    validity only, and would accept a contraindicated token."""
 
     def __init__(self, verify_token: TokenVerifyFn, *, clock: Callable[[], float] = time.time) -> None:
         self._verify_token = verify_token
         self._clock = clock
 
     def verify(self, cert_der: bytes) -> PeerIdentity:
-        attestation = _read(cert_der, "token")
+        return self.verify_attestation(_read(cert_der, "token"))
+
+    def verify_attestation(self, attestation: Attestation) -> PeerIdentity:
+        """As ``verify``, for a certificate's attestation already read (``read_attestation``)."""
+        _check_kind(attestation, "token")
         assert attestation.token is not None
         _check_validity(attestation, self._clock())
         claims = self._verify_token(attestation.token)
@@ -176,11 +190,16 @@ class AnyPeerVerifier:
     ) -> None:
         if evidence is None and token is None:
             raise ValueError("AnyPeerVerifier needs at least one verifier")
-        self._by_kind: dict[str, PeerVerifier | None] = {"evidence": evidence, "token": token}
+        self._by_kind: dict[str, EvidencePeerVerifier | TokenPeerVerifier | None] = {
+            "evidence": evidence,
+            "token": token,
+        }
 
     def verify(self, cert_der: bytes) -> PeerIdentity:
-        kind = read_attestation(cert_der).kind
-        verifier = self._by_kind[kind]
+        attestation = read_attestation(cert_der)  # read once; the chosen verifier reuses it
+        verifier = self._by_kind[attestation.kind]
         if verifier is None:
-            raise AttestedTlsError("atls.kind_not_accepted", f"certificates carrying a {kind} are not accepted here")
-        return verifier.verify(cert_der)
+            raise AttestedTlsError(
+                "atls.kind_not_accepted", f"certificates carrying a {attestation.kind} are not accepted here"
+            )
+        return verifier.verify_attestation(attestation)
