@@ -98,6 +98,35 @@ class MembershipStore:
         kv = await self._bucket()
         await kv.put(member_key(member.cluster, member.node), msgspec.json.encode(member))
 
+    async def write(self, member: schemas.ClusterMember, revision: int) -> int | None:
+        """Compare-and-set ``member`` over the record read at ``revision`` (0: there was none):
+        the new revision, or None when the record changed since it was read."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        kv = await self._bucket()
+        key, value = member_key(member.cluster, member.node), msgspec.json.encode(member)
+        try:
+            if revision == 0:
+                return int(await kv.create(key, value))
+            return int(await kv.update(key, value, last=revision))
+        except KeyWrongLastSequenceError:
+            return None
+
+    async def restore(self, previous: schemas.ClusterMember | None, cluster: str, node: str, revision: int) -> bool:
+        """Undo a write made at ``revision``: put ``previous`` back, or delete the record when
+        there was none; False (and nothing changed) when the record moved on since."""
+        from nats.js.errors import APIError, KeyWrongLastSequenceError
+
+        kv = await self._bucket()
+        try:
+            if previous is None:
+                await kv.delete(member_key(cluster, node), last=revision)
+            else:
+                await kv.update(member_key(cluster, node), msgspec.json.encode(previous), last=revision)
+        except (KeyWrongLastSequenceError, APIError):  # a delete's failed expectation is a bare APIError
+            return False
+        return True
+
     async def replace(self, member: schemas.ClusterMember, revision: int) -> bool:
         """Write ``member`` only if its record is still at ``revision``: False when another replica
         (or a re-attestation) changed it since it was read, so that two sweeps never evict one node

@@ -10,7 +10,9 @@ One JSON line in, one JSON line out, per connection:
   decision) → for an affirming decision ``{"status": "joined", "token", "credential", "secrets"}``
   (the cluster's secrets as JWEs wrapped to the node key, released by the release stage under the
   node's token) and the membership recorded; otherwise ``{"status": "rejected", "reason"}`` and,
-  for a member that fails to re-attest, an eviction on ``remits.cluster.<name>.evicted``;
+  for a member that fails to re-attest under its own key (not for want of a pipeline decision),
+  an eviction on ``remits.cluster.<name>.evicted``. A member's name is bound to its key: a join
+  under another key is refused (``join.name_taken``) and changes nothing;
 - ``{"op": "check", "cluster", "credential"}`` → whether a node credential is that of a current
   member (an evicted node's credential is refused from then on).
 """
@@ -55,6 +57,9 @@ log = get_logger("remits.join")
 MAX_LINE = 64 * 1024
 CREDENTIAL_LIFETIME_S = 3600
 _AFFIRMED = ("affirming",)
+# Reasons that say the pipeline could not decide (publish failed, no decision in time): they say
+# nothing about the node, so they never evict it.
+_PIPELINE_REASONS = "pipeline."
 
 
 class Refused(Exception):
@@ -86,6 +91,9 @@ class JoinService:
         self.port = 0
         self._sweeper: asyncio.Task[None] | None = None
         self._revocation_check: asyncio.Task[list[str]] | None = None
+        # Set by every trust change: a running revocation check took its snapshot before that
+        # change, so it goes round again (with a fresh snapshot) while this is set.
+        self._revocations_dirty = False
         self._statement_sub: Any = None
         self.identity = _service_identity()
 
@@ -96,13 +104,16 @@ class JoinService:
         # A challenge comes before the node has its evidence certificate: certificates are asked
         # for, not required, and the join op refuses a connection without one.
         ctx.verify_mode = ssl.CERT_OPTIONAL
-        self.server = await asyncio.start_server(self._serve, self.settings.join_host, self.settings.join_port, ssl=ctx)
+        # The stream limit is the line limit: a longer line makes readline raise (see _connection).
+        self.server = await asyncio.start_server(
+            self._serve, self.settings.join_host, self.settings.join_port, ssl=ctx, limit=MAX_LINE
+        )
         self.port = self.server.sockets[0].getsockname()[1]
         self._statement_sub = await self.ctx.nc.subscribe(schemas.CLUSTER_STATEMENT_SUBJECT, cb=self._on_statement_request)
         self._sweeper = asyncio.create_task(self._sweep_forever())
         if self.ctx.trust is not None:
             self.ctx.trust.on_change(self._on_trust_change)
-            self._revocation_check = asyncio.create_task(self.evict_revoked())
+            self._on_trust_change()  # the revocations already known at start
         log.info("join.ready", port=self.port, clusters=sorted(self.clusters))
 
     async def stop(self) -> None:
@@ -134,7 +145,10 @@ class JoinService:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), timeout=30)
+            try:
+                line = await asyncio.wait_for(reader.readline(), timeout=30)
+            except ValueError:  # readline's LimitOverrunError: the line outgrew the stream limit
+                raise Refused("join.bad_request", f"request longer than {MAX_LINE} bytes") from None
             if len(line) > MAX_LINE:
                 raise Refused("join.bad_request", "request too long")
             try:
@@ -198,25 +212,46 @@ class JoinService:
             raise Refused("join.tee_not_allowed", f"TEE {attestation.tee!r} may not join this cluster")
         found = await self.store.entry(cluster_name, node)
         previous, previous_revision = found if found is not None else (None, 0)
-        if reattest and (previous is None or previous.status != membership.MEMBER):
+        held = previous is not None and previous.status == membership.MEMBER
+        if reattest and not held:
             raise Refused("join.not_a_member", f"{node} is not a member of {cluster_name}")
+        # The TLS handshake proved possession of this key: it, not the name, says who is asking.
+        key_sha256 = hashlib.sha256(attestation.spki).hexdigest()
+        if held and previous is not None and previous.key_sha256 != key_sha256:
+            # Another key may neither take over a member's name nor, by failing, evict it.
+            raise Refused("join.name_taken", f"{node} is a member of {cluster_name} under another key")
         tee_pubkey = atls_cert.tee_pubkey_jwk(attestation.public_key)
         outcome = await self._appraise(attestation, tee_pubkey, session_id)
         now = time.time()
         if outcome.status not in _AFFIRMED or not outcome.token:
             reason = outcome.reason or f"status.{outcome.status}"
-            if previous is not None and previous.status == membership.MEMBER:
+            # Only the member's own key failing its attestation evicts it; a pipeline that could
+            # not decide says nothing about the node.
+            if (
+                held and previous is not None and previous.key_sha256 == key_sha256
+                and not reason.startswith(_PIPELINE_REASONS)
+            ):  # fmt: skip
                 await self._evict(previous, previous_revision, reason, outcome.detail)
             return {"status": "rejected", "reason": reason, "detail": outcome.detail}
-        secrets = await self._secrets(cluster, outcome.token)
         claims = _unverified_claims(outcome.token)
         tee_claims = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"].get(attestation.tee, {})
-        key_sha256 = hashlib.sha256(attestation.spki).hexdigest()
         member = membership.joined(
             previous, cluster=cluster_name, node=node, tee=attestation.tee, ear=outcome.token,
             tee_claims=tee_claims, key_sha256=key_sha256, now=now,
         )  # fmt: skip
-        await self.store.put(member)
+        # Compare-and-set over the record read above: a sweep or revocation that evicted the node
+        # (or another join) while this one was decided is not overwritten.
+        revision = await self.store.write(member, previous_revision)
+        if revision is None:
+            raise await self._write_conflict(cluster_name, node)
+        # Secrets only once the membership is recorded; when they cannot be had, the record goes
+        # back to what it was, so the node's current credential is not superseded for nothing.
+        try:
+            secrets = await self._secrets(cluster, outcome.token)
+        except Exception:  # refused or not, the node leaves with nothing: undo the write
+            if not await self.store.restore(previous, cluster_name, node, revision):
+                log.warning("join.restore_skipped", cluster=cluster_name, node=node)
+            raise
         credential = self.signer.sign({
                 "iss": "remits-join", "sub": node, "cluster": cluster_name, "iat": int(now),
                 "exp": int(now) + CREDENTIAL_LIFETIME_S, "jti": uuid.uuid4().hex,
@@ -225,6 +260,14 @@ class JoinService:
         )  # fmt: skip
         log.info("join.joined", cluster=cluster_name, node=node, tee=attestation.tee, reattest=reattest)
         return {"status": "joined", "token": outcome.token, "credential": credential, "secrets": secrets}
+
+    async def _write_conflict(self, cluster_name: str, node: str) -> Refused:
+        """Why a join lost its compare-and-set: the node was evicted meanwhile, or its record
+        changed otherwise (another join of the same name)."""
+        now_found = await self.store.get(cluster_name, node)
+        if now_found is not None and now_found.status == membership.EVICTED:
+            return Refused("credential.evicted", f"{node} was evicted while joining ({now_found.reason})")
+        return Refused("join.conflict", f"the record of {node} changed while joining: try again")
 
     async def _appraise(self, attestation: Any, tee_pubkey: dict[str, str], session_id: str) -> schemas.Outcome:
         """The node's evidence through the pipeline, exactly as a KBS attestation goes."""
@@ -303,10 +346,23 @@ class JoinService:
         return True
 
     def _on_trust_change(self) -> None:
-        # Called by the mirror for every change it receives: one check at a time is enough, as
-        # each reads the latest snapshot.
+        # Called by the mirror for every change it receives. One check runs at a time; a change
+        # that arrives while it runs marks it dirty, so it goes round again with a new snapshot
+        # rather than the change waiting for the next one.
+        self._revocations_dirty = True
         if self._revocation_check is None or self._revocation_check.done():
-            self._revocation_check = asyncio.create_task(self.evict_revoked())
+            self._revocation_check = asyncio.create_task(self._evict_revoked_until_clean())
+
+    async def _evict_revoked_until_clean(self) -> list[str]:
+        out: list[str] = []
+        while self._revocations_dirty:
+            self._revocations_dirty = False
+            try:
+                out += await self.evict_revoked()
+            except Exception as exc:  # the next trust change tries again
+                log.warning("join.revocation_check_failed", error=repr(exc))
+                break
+        return out
 
     async def evict_revoked(self) -> list[str]:
         """Evict, at once, every member whose last attestation a revocation now names: its
@@ -363,7 +419,11 @@ class JoinService:
         try:
             if self.ctx.auth is not None:
                 self.ctx.auth.verify(msg.subject, msg.data, msg.headers, accept=frozenset({"gateway"}))
-            cluster = json.loads(msg.data).get("cluster", "")
+            request = json.loads(msg.data)
+            cluster = request.get("cluster") if isinstance(request, dict) else None
+            if not isinstance(cluster, str):
+                # e.g. a list, which would fail unhashable in the lookup and leave no reply at all
+                raise ParseError("cluster", f"{cluster!r} is not a cluster name", prefix="join")
             body = {"statement": await self.statement(cluster)}
         except Unauthenticated:
             return

@@ -69,14 +69,23 @@ class ClusterVerdict:
 
 
 def verify_cluster(
-    statement: str, jwks: JwksSource, *, now: int, policy: RelyingPartyPolicy | None = None
-) -> ClusterVerdict:
+    statement: str, jwks: JwksSource, *, now: int, policy: RelyingPartyPolicy | None = None,
+    expected_cluster: str | None = None,
+) -> ClusterVerdict:  # fmt: skip
     """The statement's signature and freshness (a failure raises), then every member's token: its
-    digest must be the one the statement lists and it must verify as a passport on its own."""
+    digest must be the one the statement lists and it must verify as a passport on its own.
+
+    ``expected_cluster``, when given, is the cluster the user means to check: a statement the join
+    service signed for any other cluster is refused (``cluster.wrong_cluster``), as otherwise a
+    valid statement for ``dev`` would pass a check meant for ``prod``."""
     claims = signing.verify(statement, jwks.key(signing.header_kid(statement, "statement")), now, "statement")
     members = claims.get("members")
     if claims.get("iss") != ISSUER or not isinstance(members, list) or not isinstance(claims.get("sub"), str):
         raise VerificationError("statement.malformed", "not a cluster statement")
+    if expected_cluster is not None and claims["sub"] != expected_cluster:
+        raise VerificationError(
+            "cluster.wrong_cluster", f"the statement is for cluster {claims['sub']!r}, not {expected_cluster!r}"
+        )
     verdicts = []
     for entry in members:
         node = str(entry.get("node", "")) if isinstance(entry, dict) else ""

@@ -148,6 +148,100 @@ async def test_failed_reattestation_evicts(cluster) -> None:  # type: ignore[no-
     assert (await cluster.stack.join.store.get(CLUSTER, "node-f")).status == "evicted"
 
 
+async def test_a_join_under_another_key_neither_evicts_nor_takes_over_a_member(cluster) -> None:  # type: ignore[no-untyped-def]
+    """A member's name is bound to its key: anyone reaching the join port who names it, with junk
+    or with a genuinely affirming TEE of their own, is refused and the member stays as it was."""
+    port = cluster.stack.join.port
+    member = node(cluster, "node-v")
+    assert (await join(member, "127.0.0.1", port))["status"] == "joined"
+    before = await cluster.stack.join.store.get(CLUSTER, "node-v")
+    events: asyncio.Queue[Any] = asyncio.Queue()
+    sub = await cluster.stack.nc.subscribe(schemas.cluster_subject(CLUSTER, "evicted"), cb=events.put)
+    try:
+        # Junk: evidence from a device nobody approved, under the attacker's own key.
+        attacker = node(cluster, "node-v", measurement=b"\x02" * 48)
+        for op in ("join", "reattest"):
+            answer = await join(attacker, "127.0.0.1", port, op=op)
+            assert answer["status"] == "rejected" and answer["reason"] == "join.name_taken", answer
+        # An affirming TEE under another key: refused too, no material handed out.
+        usurper = node(cluster, "node-v")
+        answer = await join(usurper, "127.0.0.1", port)
+        assert answer["status"] == "rejected" and answer["reason"] == "join.name_taken", answer
+        assert "secrets" not in answer and "credential" not in answer and not usurper.secrets
+        await asyncio.sleep(0.3)
+        assert events.empty()  # nobody evicted
+    finally:
+        await sub.unsubscribe()
+    after = await cluster.stack.join.store.get(CLUSTER, "node-v")
+    assert after == before and after.status == "member"
+    check = await _exchange("127.0.0.1", port, {"op": "check", "cluster": CLUSTER, "credential": member.credential}, None)
+    assert check["status"] == "valid", check
+    # The member itself still re-attests.
+    assert (await join(member, "127.0.0.1", port, op="reattest"))["status"] == "joined"
+
+
+@pytest.mark.parametrize("reason", ["pipeline.timeout", "pipeline.unavailable"])
+async def test_a_pipeline_outage_does_not_evict(cluster, monkeypatch, reason) -> None:  # type: ignore[no-untyped-def]
+    port = cluster.stack.join.port
+    member = node(cluster, "node-o")
+    assert (await join(member, "127.0.0.1", port))["status"] == "joined"
+
+    async def no_decision(*_: Any) -> schemas.Outcome:
+        return schemas.Outcome("x", "rejected", reason, "no decision")
+
+    monkeypatch.setattr(cluster.stack.join, "_appraise", no_decision)
+    answer = await join(member, "127.0.0.1", port, op="reattest")
+    assert answer["status"] == "rejected" and answer["reason"] == reason, answer
+    assert (await cluster.stack.join.store.get(CLUSTER, "node-o")).status == "member"
+
+
+async def test_an_eviction_while_a_join_is_decided_is_not_overwritten(cluster, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The join writes at the revision it read: a sweep that evicted the node meanwhile wins, and
+    the node gets no material."""
+    service = cluster.stack.join
+    port = service.port
+    member = node(cluster, "node-c")
+    assert (await join(member, "127.0.0.1", port))["status"] == "joined"
+    appraise = service._appraise
+
+    async def evicted_meanwhile(*args: Any) -> schemas.Outcome:
+        outcome = await appraise(*args)
+        assert await service.sweep(now=time.time() + 121) == ["node-c"]
+        return outcome
+
+    monkeypatch.setattr(service, "_appraise", evicted_meanwhile)
+    answer = await join(member, "127.0.0.1", port, op="reattest")
+    assert answer["status"] == "rejected" and answer["reason"] == "credential.evicted", answer
+    assert "secrets" not in answer and "credential" not in answer
+    stored = await service.store.get(CLUSTER, "node-c")
+    assert stored.status == "evicted" and stored.reason == "reattest.missed"
+
+
+async def test_secrets_unavailable_leave_the_membership_as_it_was(cluster, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Secrets are fetched once the membership is written; when they cannot be had, the write is
+    undone: a new node is not recorded, a member keeps its record (and its credential)."""
+    from services.join.service import Refused
+
+    service = cluster.stack.join
+    port = service.port
+    member = node(cluster, "node-s")
+    assert (await join(member, "127.0.0.1", port))["status"] == "joined"
+    before = await service.store.get(CLUSTER, "node-s")
+
+    async def unavailable(*_: Any) -> dict[str, Any]:
+        raise Refused("join.secret_unavailable", "release down")
+
+    monkeypatch.setattr(service, "_secrets", unavailable)
+    answer = await join(member, "127.0.0.1", port, op="reattest")
+    assert answer["reason"] == "join.secret_unavailable", answer
+    assert await service.store.get(CLUSTER, "node-s") == before
+    newcomer = node(cluster, "node-n")
+    assert (await join(newcomer, "127.0.0.1", port))["reason"] == "join.secret_unavailable"
+    assert await service.store.get(CLUSTER, "node-n") is None
+    monkeypatch.undo()
+    assert (await join(newcomer, "127.0.0.1", port))["status"] == "joined"  # a deleted record is no obstacle
+
+
 async def test_missed_reattestation_is_evicted(cluster) -> None:  # type: ignore[no-untyped-def]
     member = node(cluster, "node-m")
     assert (await join(member, "127.0.0.1", cluster.stack.join.port))["status"] == "joined"
@@ -207,6 +301,24 @@ async def test_user_check_of_the_cluster_detects_altered_and_expired_tokens(clus
     )  # fmt: skip
     out, _ = await proc.communicate()
     assert proc.returncode == 0 and json.loads(out)["verified"] is True
+    # The statement is checked against the cluster the user means: from the URL, or --cluster.
+    assert verify_cluster(statement, jwks, now=int(time.time()), expected_cluster=CLUSTER).verified
+    with pytest.raises(Exception) as wrong:
+        verify_cluster(statement, jwks, now=int(time.time()), expected_cluster="prod")
+    assert getattr(wrong.value, "reason", "") == "cluster.wrong_cluster"
+    for location, extra, code in (
+        (f"{cluster.url}/cluster/{CLUSTER}/attestation", [], 0),
+        (str(stmt_file), ["--cluster", "prod"], 1),
+        (f"{cluster.url}/cluster/{CLUSTER}/attestation", ["--cluster", "prod"], 1),
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "cluster", "verify", location, "--jwks", str(jwks_file), "--json", *extra,
+            stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).resolve().parents[2],
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        assert proc.returncode == code, (location, extra, out)
+        if code:
+            assert json.loads(out)["check"] == "cluster.wrong_cluster"
     # Expired member tokens (5 min lifetime) with a statement still fresh: each member refused.
     later = int(time.time()) + 301
     join_key = jwks.key(signing.header_kid(statement, "statement"))
