@@ -104,11 +104,12 @@ class Settings:
     se_dir: Path | None = None
     # The node-join service of confidential clusters (component "join", services/join): its attested
     # TLS port (0: any free port), the clusters it admits nodes to (JSON file), and how often a member
-    # must re-attest before it is evicted.
+    # must re-attest before it is evicted: below the token lifetime, since the cluster statement
+    # lists each member's last EAR and a user's check refuses an expired one.
     join_host: str = "127.0.0.1"
     join_port: int = 8443
     join_clusters_path: Path | None = None
-    join_reattest_s: float = 300.0
+    join_reattest_s: float = 120.0
     # Key custody in an HSM through PKCS#11 (e.g. SoftHSM2, a network HSM's client library): the
     # module, the token's label (and, optionally, the slot that must hold it) and its user PIN (or
     # a file holding it: a mounted secret rather than the environment), and the labels of the EAR

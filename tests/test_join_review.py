@@ -124,3 +124,13 @@ async def test_trust_change_during_a_revocation_check_is_not_lost() -> None:
     assert service._revocation_check is not None
     assert await service._revocation_check == ["node-1", "node-2"]
     assert calls == [0, 1] and not service._revocations_dirty
+
+
+def test_members_must_reattest_before_their_tokens_expire_by_default() -> None:
+    """The cluster statement lists each member's last EAR and a user's check refuses an expired
+    one: by default a member attests again (and twice missed is evicted) well within a token's life."""
+    from shared.config import Settings
+
+    settings = Settings()
+    assert settings.join_reattest_s == 120.0 and settings.token_lifetime_s == 300
+    assert settings.join_reattest_s < settings.token_lifetime_s

@@ -114,6 +114,13 @@ class JoinService:
         if self.ctx.trust is not None:
             self.ctx.trust.on_change(self._on_trust_change)
             self._on_trust_change()  # the revocations already known at start
+        if self.settings.join_reattest_s >= self.settings.token_lifetime_s:
+            # Members' last EARs would expire before they must attest again: the cluster statement
+            # would then list expired tokens, which a user's check refuses.
+            log.warning(
+                "join.reattest_exceeds_token_lifetime",
+                reattest_s=self.settings.join_reattest_s, token_lifetime_s=self.settings.token_lifetime_s,
+            )  # fmt: skip
         log.info("join.ready", port=self.port, clusters=sorted(self.clusters))
 
     async def stop(self) -> None:
