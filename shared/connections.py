@@ -7,6 +7,7 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -77,12 +78,21 @@ def keyring_of(settings: Settings, identity: ComponentIdentity):  # type: ignore
     return with_custody(settings, _file_keyring(settings, identity))
 
 
+# HSM-held KEKs opened by this process, by where they live: a key ring read again (after `remits
+# kek rotate`) takes the open one rather than a new session and login each time.
+_hsm_keks: dict[tuple[str, str, int | None, str], Any] = {}
+
+
 def with_custody(settings: Settings, ring):  # type: ignore[no-untyped-def]
     """``ring`` with the HSM-held KEK as its current key, when one is configured."""
     if settings.pkcs11_module and settings.pkcs11_kek:
         from services.custody import hsm_kek
 
-        return ring.with_custody(hsm_kek(settings))
+        where = (settings.pkcs11_module, settings.pkcs11_token, settings.pkcs11_slot, settings.pkcs11_kek)
+        kek = _hsm_keks.get(where)
+        if kek is None:
+            kek = _hsm_keks[where] = hsm_kek(settings)
+        return ring.with_custody(kek)
     return ring
 
 
@@ -124,10 +134,10 @@ def keyring_source(settings: Settings, identity: ComponentIdentity):  # type: ig
         return lambda: ring
     from shared.sealing import KeyRing, SealingError
 
-    state = {"ring": ring, "stamp": _stamp(path)}
+    state = {"ring": ring, "stamp": file_stamp(path)}
 
     def current():  # type: ignore[no-untyped-def]
-        stamp = _stamp(path)
+        stamp = file_stamp(path)
         if stamp != state["stamp"]:
             try:
                 state["ring"] = with_custody(settings, KeyRing.load(path))
@@ -139,7 +149,7 @@ def keyring_source(settings: Settings, identity: ComponentIdentity):  # type: ig
     return current
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def file_stamp(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
     except OSError:

@@ -26,7 +26,7 @@ from shared import credentials, schemas, tenants
 from shared.bus import Publish, QueueResponder
 from shared.busauth import Unauthenticated
 from shared.cache import TtlCache
-from shared.connections import with_custody
+from shared.connections import file_stamp, with_custody
 from shared.ear import CPU_SUBMOD, K_EVIDENCE, UnverifiedToken, submod_status, tee_pubkey_from_claims
 from shared.errors import RemitsError, VerificationError
 from shared.jwe import wrap_secret
@@ -113,6 +113,7 @@ class Release:
         self.ctx = ctx
         self._keyring = keyring
         self._kek_path = kek_path  # read again when a record names a KEK this replica does not hold
+        self._kek_stamp = file_stamp(kek_path) if kek_path is not None else None  # ... and it changed
         # Tokens of a signing key rotated out stay valid until they expire (services.custody).
         # One key set per tenant: a token verifies only with the keys of the tenant it names.
         self._verifiers = {tenants.DEFAULT: KeySetVerifier(ctx.settings, ctx.signing_key.public_key())}
@@ -315,9 +316,13 @@ class Release:
         if self._keyring is None:
             raise VerificationError("resource.sealed", "this release replica holds no key-encryption key")
         if record.sealed.get("kid") not in self._keyring.kids and self._kek_path is not None:
-            # `remits kek rotate` re-wrapped the data keys under a KEK written to the key file.
-            with contextlib.suppress(SealingError, OSError):
-                self._keyring = with_custody(self.ctx.settings, KeyRing.load(self._kek_path))
+            # `remits kek rotate` re-wrapped the data keys under a KEK written to the key file:
+            # read it again once it changed, not for every request naming a KEK it does not hold.
+            stamp = file_stamp(self._kek_path)
+            if stamp != self._kek_stamp:
+                with contextlib.suppress(SealingError, OSError):
+                    self._keyring = with_custody(self.ctx.settings, KeyRing.load(self._kek_path))
+                    self._kek_stamp = stamp
         try:
             return unseal(self._keyring, record.sealed, path.encode())
         except SealingError as exc:
